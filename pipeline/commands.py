@@ -1,0 +1,169 @@
+"""What each `tfcascade` subcommand does (argument parsing is in cli.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+from pipeline import outputs
+from pipeline.cli import EXIT_FAILED, EXIT_REFUSED
+from pipeline.config import ConfigError, load_config
+
+_LOG = logging.getLogger("tfcascade")
+
+
+def _refused(message: str) -> int:
+  print(f"tfcascade: error: {message}", file=sys.stderr)
+  return EXIT_REFUSED
+
+
+def _load(args):
+  return load_config(args.config, args.overrides)
+
+
+def _print_plan(config, pre) -> None:
+  print(f"inputs: {len(pre.files)} file(s), "
+        f"{sum(size for _, _, size in pre.files):,} bytes")
+  for path, compression, size in pre.files[:5]:
+    print(f"  {path} ({compression}, {size:,} bytes)")
+  if len(pre.files) > 5:
+    print(f"  ... and {len(pre.files) - 5} more")
+  for p in pre.plan:
+    gate = f", runs if {p.gate}" if p.gate else ""
+    print(f"stage {p.name} [scope {p.scope}{gate}]: {p.source}")
+    print(f"  checkpoint {p.checkpoint} ({p.fingerprint[:19]}..., "
+          f"global_step {p.global_step}), {len(p.restored)} variables restored")
+    print(f"  inputs {p.inputs} -> outputs {sorted(p.outputs)}")
+  print(f"output: {config.output_path} ({config.output.format}, "
+        f"passthrough {list(config.output.passthrough)})")
+  for warning in pre.warnings:
+    print(f"warning: {warning}")
+
+
+def _preflight(config):
+  from pipeline.job import PreflightError, preflight  # pylint: disable=g-import-not-at-top
+  from transforms.engine import CascadeError  # pylint: disable=g-import-not-at-top
+  try:
+    return preflight(config), None
+  except (PreflightError, CascadeError) as e:
+    return None, str(e)
+
+
+def run(args, beam_args) -> int:
+  """`tfcascade run`: checks everything, runs, publishes, prints the summary."""
+  from pipeline import job  # pylint: disable=g-import-not-at-top
+  try:
+    config = _load(args)
+  except ConfigError as e:
+    return _refused(str(e))
+  pre, problem = _preflight(config)
+  if problem:
+    return _refused(problem)
+  _print_plan(config, pre)
+  try:
+    summary = job.run(config, beam_args, overwrite=args.overwrite, pre=pre)
+  except outputs.OutputExistsError as e:
+    return _refused(str(e))
+  except job.AccountingError as e:
+    print(f"tfcascade: run FAILED: {e}", file=sys.stderr)
+    return EXIT_FAILED
+  except Exception as e:  # the pipeline failed on a worker; name it plainly
+    print(f"tfcascade: run FAILED: {_root_cause(e)}", file=sys.stderr)
+    return EXIT_FAILED
+  print(format_summary(summary))
+  return 0
+
+
+def _root_cause(error: BaseException) -> str:
+  """Beam wraps worker errors several times; the innermost line says most."""
+  from transforms.read import CorruptInputError  # pylint: disable=g-import-not-at-top
+  text = str(error)
+  marker = CorruptInputError.__name__ + ": "
+  if marker in text:
+    return text[text.rindex(marker):].splitlines()[0]
+  lines = [l for l in text.strip().splitlines() if l.strip()]
+  return lines[-1] if lines else repr(error)
+
+
+def format_summary(summary: dict) -> str:
+  """A few readable lines for the end of a run."""
+  lines = [
+      f"records read {summary['records_read']:,}, written "
+      f"{summary['records_written']:,}, dead-lettered "
+      f"{summary['records_dead_lettered']:,} "
+      f"({'all accounted for' if summary['accounted'] else 'MISMATCH'}) in "
+      f"{summary['wall_seconds']:.1f} s on {summary['runner']}"]
+  for name, stage in summary["stages"].items():
+    share = stage["rows_run"] / stage["rows_in"] if stage["rows_in"] else 0.0
+    lines.append(f"  stage {name}: ran on {stage['rows_run']:,} of "
+                 f"{stage['rows_in']:,} rows ({share:.1%})")
+  if summary["files_quarantined"]:
+    lines.append(f"  quarantined files: {', '.join(summary['files_quarantined'])}")
+  return "\n".join(lines)
+
+
+def validate(args, _) -> int:
+  """`tfcascade validate`: every fail-fast check plus a sample scored."""
+  try:
+    config = _load(args)
+  except ConfigError as e:
+    return _refused(str(e))
+  pre, problem = _preflight(config)
+  if problem:
+    return _refused(problem)
+  _print_plan(config, pre)
+  if args.sample > 0:
+    problem = _score_sample(config, pre, args.sample)
+    if problem:
+      return _refused(problem)
+  print("config OK")
+  return 0
+
+
+def _score_sample(config, pre, n):
+  """Scores the first n records of the first non-empty input file."""
+  from transforms import tfrecord_framing as framing  # pylint: disable=g-import-not-at-top
+  from transforms.engine import CascadeSession  # pylint: disable=g-import-not-at-top
+  from pipeline.job import _open_raw  # pylint: disable=g-import-not-at-top
+  path, compression, _ = next(((p, c, s) for p, c, s in pre.files if s), (None, None, 0))
+  if path is None:
+    return None
+  try:
+    chunk = next(iter(framing.read_record_chunks(
+        path, compression=compression, chunk_size=n,
+        max_record_bytes=config.input.max_record_bytes, open_fn=_open_raw)), [])
+  except framing.CorruptRecordError as e:
+    return str(e)
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  with CascadeSession(config.cascade_spec()) as session:
+    try:
+      out = session.run([r for _, r in chunk])
+    except tf.errors.InvalidArgumentError as e:
+      return (f"sample records of {path} do not parse with input.features: "
+              f"{e.message.splitlines()[0]}")
+  print(f"sample: scored {len(chunk)} records of {path} in "
+        f"{session.load_seconds:.2f} s load; outputs "
+        + ", ".join(f"{k}{list(v.shape)}" for k, v in out.items() if "/rows_run" not in k))
+  return None
+
+
+def inspect(args, _) -> int:
+  """`tfcascade inspect`: a checkpoint, TFRecord files, or an output dir."""
+  from pipeline import inspection  # pylint: disable=g-import-not-at-top
+  try:
+    print(inspection.describe(args.path, label=args.label))
+  except inspection.InspectError as e:
+    return _refused(str(e))
+  return 0
+
+
+def demo(args, _) -> int:
+  """`tfcascade demo`: trains the demo models and writes the demo data."""
+  try:
+    from pipeline.demo.build import build_demo  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    return _refused(f"the demo needs scikit-learn (pip install '.[demo]'): {e}")
+  report = build_demo(args.out, records=args.records, shards=args.shards, seed=args.seed)
+  print(json.dumps(report, indent=2, default=str))
+  return 0

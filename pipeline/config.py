@@ -1,0 +1,255 @@
+"""Job config: YAML -> validated, frozen objects (launcher side only).
+
+Config says *what* (inputs, models, outputs); Beam flags say *where*. Paths in
+the file are relative to the file; paths given with --set are relative to the
+current directory. Nothing in a config is evaluated as code: `run_if` is parsed
+by a small grammar, and `builder: module:function` is the only code a config
+can name.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Dict, List, Literal, Optional, Sequence, Tuple, Union
+
+import pydantic
+import yaml
+
+from transforms.engine.spec import (CascadeSpec, FeatureSpec, ModelSource,
+                                    SessionSpec, StageSpec)
+
+
+class ConfigError(ValueError):
+  """The config is invalid; the message names the file and the key path."""
+
+
+class _Model(pydantic.BaseModel):
+  model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+
+class Feature(_Model):
+  dtype: Literal["float32", "int64", "string"]
+  shape: Tuple[pydantic.NonNegativeInt, ...] = ()
+  default: Optional[Union[float, int, str, List[Union[float, int, str]]]] = None
+
+
+class Input(_Model):
+  pattern: Union[str, List[str]]
+  compression: Literal["auto", "none", "gzip"] = "auto"
+  on_corrupt: Literal["fail", "quarantine"] = "fail"
+  max_record_bytes: pydantic.PositiveInt = 64 << 20
+  # Uncompressed files larger than this are read by several workers in byte
+  # ranges (record boundaries from a tfrecord2idx `.idx` file or a scan).
+  split_bytes: pydantic.PositiveInt = 256 << 20
+  features: Dict[str, Feature]
+
+  @property
+  def patterns(self) -> List[str]:
+    return [self.pattern] if isinstance(self.pattern, str) else list(self.pattern)
+
+
+class Stage(_Model):
+  name: str = pydantic.Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+  checkpoint: Optional[str] = None
+  meta_graph: Optional[str] = None
+  builder: Optional[str] = pydantic.Field(default=None, pattern=r"^[\w.]+:\w+$")
+  saved_model: Optional[str] = None
+  tags: Tuple[str, ...] = ("serve",)
+  signature: str = "serving_default"
+  scope: Optional[str] = None
+  inputs: Dict[str, str]
+  outputs: Dict[str, str]
+  run_if: Optional[str] = None
+  fill_value: float = 0.0
+
+  @pydantic.model_validator(mode="after")
+  def _one_source(self):
+    given = [k for k in ("meta_graph", "builder", "saved_model") if getattr(self, k)]
+    if len(given) != 1:
+      raise ValueError(f"give exactly one of meta_graph, builder, saved_model "
+                       f"(got {given or 'none'})")
+    if not self.saved_model and not self.checkpoint:
+      raise ValueError("checkpoint is required (a prefix or a directory)")
+    if not self.inputs or not self.outputs:
+      raise ValueError("inputs and outputs must each name at least one tensor")
+    return self
+
+
+class Output(_Model):
+  path: str
+  format: Literal["tfrecord", "jsonl"] = "tfrecord"
+  compression: Literal["none", "gzip"] = "none"
+  passthrough: Tuple[str, ...] = ()
+  num_shards: pydantic.NonNegativeInt = 0  # 0: the runner decides
+
+
+class Session(_Model):
+  intra_op_threads: pydantic.NonNegativeInt = 0
+  inter_op_threads: pydantic.NonNegativeInt = 0
+  device: Literal["cpu", "gpu"] = "cpu"
+
+
+class DeadLetter(_Model):
+  # Rows whose float outputs hold NaN/Inf are dead-lettered, not written.
+  non_finite_outputs: bool = True
+
+
+class JobConfig(_Model):
+  input: Input
+  stages: List[Stage] = pydantic.Field(min_length=2)
+  output: Output
+  batch_size: pydantic.PositiveInt = 1024
+  session: Session = Session()
+  dead_letter: DeadLetter = DeadLetter()
+  run_date: Optional[datetime.date] = None
+
+  @pydantic.model_validator(mode="after")
+  def _templates(self):
+    templated = [p for p in self.input.patterns + [self.output.path]
+                 if "{run_date}" in p]
+    if templated and self.run_date is None:
+      raise ValueError(f"{templated[0]!r} uses {{run_date}}: set run_date "
+                       f"(e.g. --set run_date=2026-11-25)")
+    return self
+
+  def cascade_spec(self) -> CascadeSpec:
+    """The engine's view of this config."""
+    features = tuple(FeatureSpec(name, f.dtype, tuple(f.shape), f.default)
+                     for name, f in self.input.features.items())
+    stages = []
+    for s in self.stages:
+      kind = next(k for k in ("meta_graph", "builder", "saved_model") if getattr(s, k))
+      stages.append(StageSpec(
+          name=s.name, source=ModelSource(kind, getattr(s, kind), tuple(s.tags), s.signature),
+          checkpoint=s.checkpoint or "", scope=s.scope or s.name,
+          inputs=dict(s.inputs), outputs=dict(s.outputs), run_if=s.run_if,
+          fill_value=s.fill_value))
+    session = SessionSpec(self.session.intra_op_threads,
+                          self.session.inter_op_threads, self.session.device)
+    return CascadeSpec(features, tuple(stages), session)
+
+  @property
+  def input_patterns(self) -> List[str]:
+    return [_render(p, self.run_date) for p in self.input.patterns]
+
+  @property
+  def output_path(self) -> str:
+    return _render(self.output.path, self.run_date)
+
+
+def _render(path: str, run_date) -> str:
+  return path.replace("{run_date}", run_date.isoformat()) if run_date else path
+
+
+# --- loading ----------------------------------------------------------------
+
+_PATH_KEYS = {("input", "pattern"), ("output", "path"), ("stages", "*", "checkpoint"),
+              ("stages", "*", "meta_graph"), ("stages", "*", "saved_model")}
+
+
+def _is_path_key(keys: Sequence) -> bool:
+  generic = tuple("*" if isinstance(k, int) else k for k in keys)
+  return generic in _PATH_KEYS or generic[:-1] in {("input", "pattern")}
+
+
+def _absolute(value, base: str):
+  if isinstance(value, list):
+    return [_absolute(v, base) for v in value]
+  if not isinstance(value, str) or "://" in value or os.path.isabs(value):
+    return value
+  return os.path.normpath(os.path.join(base, value))
+
+
+def _resolve_paths(node, base: str, keys=()):
+  if _is_path_key(keys):
+    return _absolute(node, base)
+  if isinstance(node, dict):
+    return {k: _resolve_paths(v, base, keys + (k,)) for k, v in node.items()}
+  if isinstance(node, list):
+    return [_resolve_paths(v, base, keys + (i,)) for i, v in enumerate(node)]
+  return node
+
+
+def apply_override(raw: dict, assignment: str) -> Tuple[Tuple, object]:
+  """Applies one `dotted.key=value` to the raw config dict, in place.
+
+  List items are addressed by index or, for stages, by name
+  (`stages.b.run_if=...`). The value is parsed as YAML (numbers, lists, ...).
+
+  Returns:
+    The resolved key path and the parsed value.
+  """
+  key, sep, text = assignment.partition("=")
+  if not sep or not key:
+    raise ConfigError(f"--set {assignment!r}: expected dotted.key=value")
+  value = yaml.safe_load(text) if text else ""
+  node, path = raw, []
+  parts = key.split(".")
+  for i, part in enumerate(parts):
+    last = i == len(parts) - 1
+    if isinstance(node, list):
+      index = (int(part) if part.isdigit() else
+               next((j for j, item in enumerate(node)
+                     if isinstance(item, dict) and item.get("name") == part), None))
+      if index is None or index >= len(node):
+        raise ConfigError(f"--set {key}: no item {part!r} in {'.'.join(map(str, path))}")
+      part = index
+    elif not isinstance(node, dict):
+      raise ConfigError(f"--set {key}: {'.'.join(map(str, path))} is not a mapping")
+    path.append(part)
+    if last:
+      node[part] = value
+    else:
+      if isinstance(node, dict) and part not in node:
+        node[part] = {}
+      node = node[part]
+  return tuple(path), value
+
+
+def _format_errors(source: str, error: pydantic.ValidationError) -> str:
+  lines = []
+  for err in error.errors():
+    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+      message = "unknown key"
+    lines.append(f"{where}: {message}")
+  return f"invalid config {source}:\n  " + "\n  ".join(lines)
+
+
+def load_config(path: str, overrides: Sequence[str] = ()) -> JobConfig:
+  """Loads, overrides, path-resolves and validates a YAML job config.
+
+  Args:
+    path: the YAML file.
+    overrides: `dotted.key=value` strings from --set.
+
+  Raises:
+    ConfigError: naming the file and every bad key path.
+  """
+  try:
+    with open(path) as f:
+      raw = yaml.safe_load(f)
+  except OSError as e:
+    raise ConfigError(f"cannot read config {path}: {e.strerror}") from e
+  except yaml.YAMLError as e:
+    raise ConfigError(f"config {path} is not valid YAML: {e}") from e
+  if not isinstance(raw, dict):
+    raise ConfigError(f"config {path} must be a YAML mapping")
+  raw = _resolve_paths(raw, os.path.dirname(os.path.abspath(path)))
+  for assignment in overrides:
+    keys, value = apply_override(raw, assignment)
+    if _is_path_key(keys):  # --set paths are relative to where the user is
+      _assign(raw, keys, _absolute(value, os.getcwd()))
+  try:
+    return JobConfig.model_validate(raw)
+  except pydantic.ValidationError as e:
+    raise ConfigError(_format_errors(path, e)) from None
+
+
+def _assign(raw, keys, value):
+  node = raw
+  for k in keys[:-1]:
+    node = node[k]
+  node[keys[-1]] = value

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# One command on a fresh machine: venv, pinned install, demo data, demo job.
+#   ./run_local.sh                     # 200k demo records
+#   RECORDS=20000 ./run_local.sh       # a smaller demo
+# Extra arguments go to `tfcascade run` (e.g. --direct_num_workers=2).
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${VENV:-.venv}
+RECORDS=${RECORDS:-200000}
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+if ! "$VENV/bin/python" -c "import pipeline, sklearn" 2>/dev/null; then
+  "$VENV/bin/pip" install --quiet --upgrade pip
+  "$VENV/bin/pip" install --quiet -c constraints.txt -e ".[demo,test]"
+fi
+if [ ! -f demo/demo.json ] || [ "$(cat demo/.records 2>/dev/null)" != "$RECORDS" ]; then
+  rm -rf demo
+  "$VENV/bin/tfcascade" demo --out demo --records "$RECORDS"
+  echo "$RECORDS" > demo/.records
+fi
+# The runner is pinned: Beam's default would try to download Prism (offline here).
+"$VENV/bin/tfcascade" run --config configs/local.yaml --overwrite --runner=DirectRunner "$@"
+"$VENV/bin/tfcascade" inspect out/predictions

@@ -1,0 +1,272 @@
+"""Engine tests: every model source against an oracle (each model alone)."""
+
+import concurrent.futures
+import contextlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests import tiny_models as tm
+from transforms.engine import (CascadeError, CascadeSession, CascadeSpec,
+                               FeatureSpec, ModelSource, StageSpec,
+                               build_cascade_graph)
+
+FEATURES = (FeatureSpec("id", "string"), FeatureSpec("pixels", "float32", (64,)))
+
+
+def _pixels(n=64, seed=3):
+  return np.random.default_rng(seed).normal(size=(n, 64)).astype("float32")
+
+
+def meta_stage(name, model_dir, inputs, outputs, **kw):
+  return StageSpec(name=name,
+                   source=ModelSource("meta_graph", os.path.join(model_dir, "model.meta")),
+                   checkpoint=model_dir, scope=kw.pop("scope", name),
+                   inputs=inputs, outputs=outputs, **kw)
+
+
+A_OUT = {"logits": "logits:0", "confidence": "confidence:0"}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+  root = tmp_path_factory.mktemp("models")
+  return {
+      "a1": tm.save_linear(str(root / "a1"), seed=1),
+      "a2": tm.save_linear(str(root / "a2"), seed=2),
+      "a_ref": tm.save_linear(str(root / "a_ref"), seed=5, use_resource=False),
+      "b": tm.save_two_input(str(root / "b"), seed=4),
+      "c": tm.save_linear(str(root / "c"), seed=6, in_dim=10),
+      "builder_bare": tm.save_builder_checkpoint(str(root / "builder_bare")),
+      "builder_scoped": tm.save_builder_checkpoint(str(root / "builder_scoped"),
+                                                   scope_prefix="a"),
+      "sm1": tm.save_tf1_saved_model(str(root / "sm1"), seed=8),
+      "sm2": tm.save_tf2_saved_model(str(root / "sm2"), seed=9),
+  }
+
+
+def _ab_spec(models, run_if=None, a="a1"):
+  return CascadeSpec(FEATURES, (
+      meta_stage("a", models[a], {"input:0": "features.pixels"}, A_OUT),
+      meta_stage("b", models["b"], {"input:0": "a.logits", "pixels:0": "features.pixels"},
+                 {"probs": "probs:0"}, run_if=run_if),
+  ))
+
+
+def _oracle_ab(models, pixels, a="a1"):
+  a_out = tm.oracle_meta_graph(models[a], {"input:0": pixels},
+                               {"logits": "logits:0", "confidence": "confidence:0"})
+  b_out = tm.oracle_meta_graph(models["b"], {"input:0": a_out["logits"], "pixels:0": pixels},
+                               {"probs": "probs:0"})
+  return a_out, b_out
+
+
+def test_meta_graph_cascade_matches_oracle(models):
+  pixels = _pixels()
+  with CascadeSession(_ab_spec(models)) as session:
+    out = session.run(tm.make_examples(pixels))
+  a_out, b_out = _oracle_ab(models, pixels)
+  np.testing.assert_allclose(out["a/logits"], a_out["logits"], atol=1e-5)
+  np.testing.assert_allclose(out["a/confidence"], a_out["confidence"], atol=1e-5)
+  np.testing.assert_allclose(out["b/probs"], b_out["probs"], atol=1e-5)
+  assert out["b/rows_run"] == len(pixels)
+
+
+@pytest.mark.parametrize("kind", ["a_ref", "a2"])
+def test_same_names_different_weights_stay_isolated(models, kind):
+  """Two same-architecture checkpoints, same variable names (fact 1)."""
+  pixels = _pixels()
+  spec = CascadeSpec(FEATURES, (
+      meta_stage("first", models["a1"], {"input:0": "features.pixels"}, A_OUT),
+      meta_stage("second", models[kind], {"input:0": "features.pixels"}, A_OUT),
+  ))
+  with CascadeSession(spec) as session:
+    out = session.run(tm.make_examples(pixels))
+  first = tm.oracle_meta_graph(models["a1"], {"input:0": pixels}, "logits:0")
+  second = tm.oracle_meta_graph(models[kind], {"input:0": pixels}, "logits:0")
+  assert not np.allclose(first, second)
+  np.testing.assert_allclose(out["first/logits"], first, atol=1e-5)
+  np.testing.assert_allclose(out["second/logits"], second, atol=1e-5)
+
+
+@pytest.mark.parametrize("ckpt", ["builder_bare", "builder_scoped"])
+def test_builder_source_matches_oracle(models, ckpt):
+  pixels = _pixels()
+  spec = CascadeSpec(FEATURES, (
+      StageSpec("a", ModelSource("builder", "tests.tiny_models:linear_builder"),
+                models[ckpt], "a", {"pixels": "features.pixels"},
+                {"logits": "logits", "confidence": "confidence"}),
+      meta_stage("b", models["b"], {"input:0": "a.logits", "pixels:0": "features.pixels"},
+                 {"probs": "probs:0"}),
+  ))
+  with CascadeSession(spec) as session:
+    out = session.run(tm.make_examples(pixels))
+  # Oracle: the same builder alone, restored by its checkpoint's own names.
+  graph = tf.Graph()
+  with graph.as_default(), tf.compat.v1.Session() as sess:
+    x = tf.compat.v1.placeholder(tf.float32, [None, 64])
+    scoped = ckpt == "builder_scoped"
+    with tf.compat.v1.variable_scope("a") if scoped else contextlib.nullcontext():
+      built = tm.linear_builder({"pixels": x})
+    tf.compat.v1.train.Saver().restore(sess, tf.train.latest_checkpoint(models[ckpt]))
+    expected = sess.run(built["logits"], {x: pixels})
+  np.testing.assert_allclose(out["a/logits"], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("sm", ["sm1", "sm2"])
+def test_saved_model_source_matches_oracle(models, sm):
+  pixels = _pixels()
+  spec = CascadeSpec(FEATURES, (
+      StageSpec("a", ModelSource("saved_model", models[sm]), "", "a",
+                {"pixels": "features.pixels"},
+                {"logits": "logits", "confidence": "confidence"}),
+      # A second copy of the same SavedModel: same names, must not collide.
+      StageSpec("a_again", ModelSource("saved_model", models[sm]), "", "a_again",
+                {"pixels": "features.pixels"}, {"logits": "logits"}),
+  ))
+  with CascadeSession(spec) as session:
+    out = session.run(tm.make_examples(pixels))
+  expected = tm.oracle_saved_model(models[sm], {"pixels": pixels}, ["logits"])
+  np.testing.assert_allclose(out["a/logits"], expected["logits"], atol=1e-5)
+  np.testing.assert_allclose(out["a_again/logits"], expected["logits"], atol=1e-5)
+
+
+@pytest.mark.parametrize("threshold", [-1.0, 0.9999, 2.0])
+def test_gate_runs_only_passing_rows(models, threshold):
+  pixels = _pixels(200)
+  with CascadeSession(_ab_spec(models)) as session:
+    ungated = session.run(tm.make_examples(pixels))
+  spec = _ab_spec(models, run_if=f"a.confidence < {threshold}")
+  with CascadeSession(spec) as session:
+    gated = session.run(tm.make_examples(pixels))
+  passing = ungated["a/confidence"] < threshold
+  np.testing.assert_array_equal(gated["b/ran"], passing.astype(np.int64))
+  assert gated["b/rows_run"] == passing.sum()
+  np.testing.assert_allclose(gated["b/probs"][passing], ungated["b/probs"][passing],
+                             atol=1e-5)
+  np.testing.assert_array_equal(gated["b/probs"][~passing], 0.0)
+
+
+def test_gate_fill_value(models):
+  pixels = _pixels(50)
+  spec = _ab_spec(models, run_if="a.confidence > 2")  # no row passes
+  spec = CascadeSpec(spec.features, (spec.stages[0], StageSpec(
+      **{**spec.stages[1].__dict__, "fill_value": -1.0})))
+  with CascadeSession(spec) as session:
+    out = session.run(tm.make_examples(pixels))
+  assert out["b/rows_run"] == 0
+  np.testing.assert_array_equal(out["b/probs"], -1.0)
+
+
+def test_three_stage_cascade(models):
+  pixels = _pixels()
+  spec = CascadeSpec(FEATURES, _ab_spec(models).stages + (
+      meta_stage("c", models["c"], {"input:0": "b.probs"}, {"logits": "logits:0"}),))
+  with CascadeSession(spec) as session:
+    out = session.run(tm.make_examples(pixels))
+  _, b_out = _oracle_ab(models, pixels)
+  c_out = tm.oracle_meta_graph(models["c"], {"input:0": b_out["probs"]}, "logits:0")
+  np.testing.assert_allclose(out["c/logits"], c_out, atol=1e-5)
+
+
+def test_concurrent_calls_match_single_thread(models):
+  pixels = _pixels(512)
+  examples = tm.make_examples(pixels)
+  batches = [examples[i:i + 64] for i in range(0, 512, 64)]
+  with CascadeSession(_ab_spec(models, run_if="a.confidence < 0.99")) as session:
+    serial = [session.run(b) for b in batches]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+      for _ in range(3):
+        parallel = list(pool.map(session.run, batches))
+        for s, p in zip(serial, parallel):
+          for key in s:
+            np.testing.assert_array_equal(s[key], p[key])
+
+
+def test_plan_has_fingerprints_and_unused(models):
+  graph = build_cascade_graph(_ab_spec(models))
+  a_plan = graph.plan[0]
+  assert a_plan.fingerprint.startswith("sha256:") and a_plan.global_step == 7
+  assert a_plan.restored == {"dense/kernel": "a/dense/kernel", "dense/bias": "a/dense/bias"}
+  assert a_plan.unused == []
+  other = build_cascade_graph(_ab_spec(models, a="a2")).plan[0]
+  assert other.fingerprint != a_plan.fingerprint
+
+
+# --- validation errors, each naming the culprit -----------------------------
+
+def _error(spec):
+  with pytest.raises(CascadeError) as info:
+    build_cascade_graph(spec)
+  return str(info.value)
+
+
+def test_wrong_checkpoint_is_named(models, tmp_path):
+  spec = _ab_spec(models)
+  bad = StageSpec(**{**spec.stages[0].__dict__, "checkpoint": str(tmp_path / "nope")})
+  msg = _error(CascadeSpec(FEATURES, (bad, spec.stages[1])))
+  assert "stage 'a'" in msg and "nope" in msg
+
+
+def test_shape_mismatch_names_both_variables_and_shapes(models):
+  spec = _ab_spec(models)
+  # B's graph restored from C's checkpoint: same names, other shapes.
+  bad = StageSpec(**{**spec.stages[1].__dict__, "checkpoint": models["a1"]})
+  msg = _error(CascadeSpec(FEATURES, (spec.stages[0], bad)))
+  assert "'b/dense/kernel' is [74, 16] float32" in msg
+  assert "'dense/kernel' as [64, 10] float32" in msg
+
+
+def test_missing_variable_is_named(models):
+  spec = _ab_spec(models)
+  bad = StageSpec(**{**spec.stages[1].__dict__, "checkpoint": models["c"]})
+  msg = _error(CascadeSpec(FEATURES, (spec.stages[0], bad)))
+  assert "'b/dense_1/kernel'" in msg and "missing from checkpoint" in msg
+
+
+def test_unknown_tensor_names(models):
+  spec = _ab_spec(models)
+  bad_in = StageSpec(**{**spec.stages[0].__dict__, "inputs": {"nosuch:0": "features.pixels"}})
+  assert "nosuch:0" in _error(CascadeSpec(FEATURES, (bad_in, spec.stages[1])))
+  bad_out = StageSpec(**{**spec.stages[0].__dict__,
+                         "outputs": {"logits": "nosuch_out:0", "confidence": "confidence:0"}})
+  msg = _error(CascadeSpec(FEATURES, (bad_out, spec.stages[1])))
+  assert "nosuch_out:0" in msg and "stage 'a'" in msg
+
+
+def test_forward_reference_and_unknown_refs(models):
+  spec = _ab_spec(models)
+  a = StageSpec(**{**spec.stages[0].__dict__, "inputs": {"input:0": "b.probs"}})
+  msg = _error(CascadeSpec(FEATURES, (a, spec.stages[1])))
+  assert "refers to stage 'b', which does not run before 'a'" in msg
+  b = StageSpec(**{**spec.stages[1].__dict__, "run_if": "b.probs < 1"})
+  assert "does not run before 'b'" in _error(CascadeSpec(FEATURES, (spec.stages[0], b)))
+  b = StageSpec(**{**spec.stages[1].__dict__,
+                   "inputs": {"input:0": "a.logits", "pixels:0": "features.nosuch"}})
+  assert "features.nosuch" in _error(CascadeSpec(FEATURES, (spec.stages[0], b)))
+  b = StageSpec(**{**spec.stages[1].__dict__, "run_if": "a.logits < 1"})
+  assert "per-row scalar" in _error(CascadeSpec(FEATURES, (spec.stages[0], b)))
+
+
+def test_gate_grammar_rejects_code(models):
+  spec = _ab_spec(models, run_if="__import__('os').system('true')")
+  assert "is not of the form" in _error(spec)
+
+
+def test_bad_record_raises_invalid_argument(models):
+  with CascadeSession(_ab_spec(models)) as session:
+    with pytest.raises(tf.errors.InvalidArgumentError):
+      session.run([b"not a proto"])
+
+
+def test_engine_imports_without_beam():
+  code = ("import sys; sys.modules['apache_beam'] = None\n"
+          "import transforms.engine, transforms.engine.cascade\n"
+          "print('ok')")
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                          text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert result.stdout.strip() == "ok", result.stderr[-2000:]

@@ -1,0 +1,249 @@
+"""Tests for transforms.example_codec against TensorFlow's own protos/parser.
+
+The oracle is a tf.train.Example built with the ordinary protobuf API from the
+same values; the encoded bytes must parse to the same message (floats compared
+bit for bit, NaN included) and, barring NaN, be byte-identical to protobuf's
+deterministic serialization.
+"""
+
+import struct
+
+import hypothesis
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from transforms import example_codec as ec
+
+_INT64 = st.integers(-2**63, 2**63 - 1)
+_NAMES = st.text(min_size=0, max_size=8)
+
+
+@st.composite
+def _column(draw, n):
+  """(kind, values) for one feature of n rows."""
+  kind = draw(st.sampled_from(
+      ["float32", "float64", "int64", "int32", "bool", "bytes", "str",
+       "bytes_lists"]))
+  shape = (n,) + draw(st.sampled_from([(), (0,), (1,), (3,), (2, 2)]))
+  if kind in ("float32", "float64"):
+    return kind, draw(hnp.arrays(kind, shape, elements=st.floats(
+        width=32, allow_nan=True, allow_infinity=True)))
+  if kind == "int64":
+    return kind, draw(hnp.arrays(np.int64, shape, elements=_INT64))
+  if kind in ("int32", "bool"):
+    return kind, draw(hnp.arrays(kind, shape))
+  if kind == "bytes":
+    return kind, draw(st.lists(st.binary(max_size=200), min_size=n, max_size=n))
+  if kind == "str":  # unicode ids, stored as UTF-8
+    return kind, draw(st.lists(st.text(max_size=20), min_size=n, max_size=n))
+  return kind, draw(st.lists(
+      st.lists(st.one_of(st.binary(max_size=20), st.text(max_size=5)),
+               max_size=4), min_size=n, max_size=n))
+
+
+@st.composite
+def _batch(draw):
+  n = draw(st.integers(1, 4))
+  names = draw(st.lists(_NAMES, min_size=1, max_size=4, unique=True))
+  return n, {name: draw(_column(n)) for name in names}
+
+
+def _utf8(v):
+  return v.encode("utf-8") if isinstance(v, str) else v
+
+
+def _oracle(kinds, i):
+  """Row i as a tf.train.Example built the ordinary way."""
+  feature = {}
+  for name, (kind, values) in kinds.items():
+    if kind.startswith("float"):
+      f = tf.train.Feature(float_list=tf.train.FloatList(
+          value=values[i].astype(np.float32).ravel().tolist()))
+    elif kind in ("int64", "int32", "bool"):
+      f = tf.train.Feature(int64_list=tf.train.Int64List(
+          value=values[i].astype(np.int64).ravel().tolist()))
+    elif kind == "bytes_lists":
+      f = tf.train.Feature(bytes_list=tf.train.BytesList(
+          value=[_utf8(v) for v in values[i]]))
+    else:
+      f = tf.train.Feature(bytes_list=tf.train.BytesList(
+          value=[_utf8(values[i])]))
+    feature[name] = f
+  return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def _normalized(example):
+  """name -> (kind, values) with floats as bit patterns and NaN as 'nan'."""
+  out = {}
+  for name, f in example.features.feature.items():
+    kind = f.WhichOneof("kind")
+    values = list(getattr(f, kind).value) if kind else []
+    if kind == "float_list":
+      values = ["nan" if v != v else struct.pack("<f", v) for v in values]
+    out[name] = (kind, values)
+  return out
+
+
+def _has_nan(kinds):
+  return any(k.startswith("float") and np.isnan(v).any()
+             for k, v in kinds.values())
+
+
+@hypothesis.settings(max_examples=150, deadline=None)
+@hypothesis.given(_batch())
+def test_round_trip_matches_protobuf(batch):
+  n, kinds = batch
+  encoded = ec.encode_examples({k: v for k, (_, v) in kinds.items()}, n)
+  assert len(encoded) == n
+  for i, data in enumerate(encoded):
+    ref = _oracle(kinds, i)
+    assert _normalized(tf.train.Example.FromString(data)) == _normalized(ref)
+    if not _has_nan(kinds):
+      assert data == ref.SerializeToString(deterministic=True)
+    # Float payloads are the input's float32 bits, exactly (NaN payloads too).
+    raw = ec.raw_feature_bytes(data, list(kinds))
+    for name, (kind, values) in kinds.items():
+      if kind.startswith("float") and values[i].size:
+        assert raw[name].endswith(values[i].astype("<f4").tobytes())
+
+
+@hypothesis.settings(max_examples=100, deadline=None)
+@hypothesis.given(_batch(), st.data())
+def test_raw_passthrough_is_unchanged(batch, data):
+  n, kinds = batch
+  columns = {k: v for k, (_, v) in kinds.items()}
+  source = ec.encode_examples(columns, n)
+  passed = data.draw(st.lists(st.sampled_from(sorted(columns)), unique=True))
+  raw = [ec.raw_feature_bytes(s, passed + ["not-there"]) for s in source]
+  assert all("not-there" not in r for r in raw)
+  rest = {k: v for k, v in columns.items() if k not in passed}
+  out = ec.encode_examples(
+      rest, n, raw_features={p: [r[p] for r in raw] for p in passed})
+  assert out == source  # byte for byte: raw bytes are copied, order sorted
+
+
+def test_raw_feature_bytes_of_protobuf_output():
+  ref = tf.train.Example(features=tf.train.Features(feature={
+      "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"r-1"])),
+      "x": tf.train.Feature(float_list=tf.train.FloatList(value=[1.5, -2])),
+      "n": tf.train.Feature(int64_list=tf.train.Int64List(value=[-7, 2**40])),
+      "empty": tf.train.Feature(),
+      "é": tf.train.Feature(bytes_list=tf.train.BytesList(value=[])),
+  }))
+  data = ref.SerializeToString()
+  names = ["id", "x", "n", "empty", "é"]
+  raw = ec.raw_feature_bytes(data, names)
+  assert raw == {k: ref.features.feature[k].SerializeToString() for k in names}
+  assert ec.raw_feature_bytes(data, []) == {}
+  assert ec.raw_feature_bytes(b"", ["id"]) == {}
+  rebuilt = ec.encode_examples({}, 1, raw_features={k: [raw[k]] for k in names})
+  assert tf.train.Example.FromString(rebuilt[0]) == ref
+
+
+def test_raw_feature_bytes_follows_protobuf_rules_on_odd_layouts():
+  def ld(field, payload):  # a length-delimited field
+    return bytes([field << 3 | 2]) + ec._varint(len(payload)) + payload
+
+  f1 = tf.train.Feature(int64_list=tf.train.Int64List(value=[1]))
+  f2 = tf.train.Feature(int64_list=tf.train.Int64List(value=[2]))
+  b1, b2 = f1.SerializeToString(), f2.SerializeToString()
+  entries = (ld(1, ld(2, b1) + ld(1, b"a"))  # value before key
+             + ld(1, ld(1, b"b") + ld(2, b1)) + ld(1, ld(1, b"b") + ld(2, b2))
+             + ld(1, ld(2, b2)))  # no key: ""
+  data = (ld(1, entries) + b"\x10\x05"  # an unknown varint field in Example
+          + ld(1, b"\x18\x01" + ld(1, ld(1, b"c") + ld(2, b2))))  # 2nd Features
+  parsed = tf.train.Example.FromString(data)
+  raw = ec.raw_feature_bytes(data, ["a", "b", "", "c"])
+  assert set(raw) == set(parsed.features.feature) == {"a", "b", "", "c"}
+  for k, v in raw.items():
+    assert tf.train.Feature.FromString(v) == parsed.features.feature[k]
+  for bad in (data[:-1], b"\x0a\x05\x0a", b"\x0b"):
+    with pytest.raises(ValueError, match="malformed"):
+      ec.raw_feature_bytes(bad, ["a"])
+
+
+def test_tensorflow_parse_example_reads_a_batch():
+  n = 5
+  rng = np.random.default_rng(1)
+  ids = ["é-%d" % i for i in range(n)]
+  x = rng.standard_normal((n, 64), dtype=np.float32)
+  x[0, 0] = np.nan
+  ran = np.array([0, 1, 1, 0, 1], np.int64)
+  big = np.array([[-1, 2**62], [0, 1], [127, 128], [-2**63, 2**63 - 1],
+                  [300, -300]], np.int64)  # varint widths differ per row
+  tags = [[b"a"], [], [b"b", "c"], [b"x" * 20000], ["\u2603"]]
+  encoded = ec.encode_examples(
+      {"id": ids, "x": x, "ran": ran, "big": big, "tags": tags}, n)
+  parsed = tf.io.parse_example(tf.constant(encoded), {
+      "id": tf.io.FixedLenFeature([], tf.string),
+      "x": tf.io.FixedLenFeature([64], tf.float32),
+      "ran": tf.io.FixedLenFeature([], tf.int64),
+      "big": tf.io.FixedLenFeature([2], tf.int64),
+      "tags": tf.io.VarLenFeature(tf.string),
+  })
+  assert [v.decode() for v in parsed["id"].numpy()] == ids
+  np.testing.assert_array_equal(parsed["x"].numpy().view(np.uint32),
+                                x.view(np.uint32))
+  np.testing.assert_array_equal(parsed["ran"].numpy(), ran)
+  np.testing.assert_array_equal(parsed["big"].numpy(), big)
+  tags_dense = tf.sparse.to_dense(parsed["tags"], default_value=b"").numpy()
+  assert [list(r[r != b""]) for r in tags_dense] == [
+      [_utf8(v) for v in row] for row in tags]
+
+
+def test_large_rows_and_shapes():
+  n = 3
+  columns = {
+      "wide": np.arange(n * 5000, dtype=np.float32).reshape(n, 5000),
+      "cube": np.ones((n, 2, 3, 4), np.float64),
+      "same_width_ints": np.full((n, 2), 1000, np.int32),  # 2-byte varints
+      "u8": np.array([0, 200, 255], np.uint8),
+      "blob": [b"y" * 70000, b"", b"z"],
+      "fixed_s": np.array([b"ab", b"c", b""], dtype="S2"),
+      "fixed_u": np.array(["é", "", "xyz"]),
+      "obj": np.array([b"p", [b"q", b"r"], []], dtype=object),
+  }
+  kinds = {
+      "wide": ("float32", columns["wide"]),
+      "cube": ("float64", columns["cube"]),
+      "same_width_ints": ("int32", columns["same_width_ints"]),
+      "u8": ("int32", columns["u8"]),
+      "blob": ("bytes", columns["blob"]),
+      "fixed_s": ("bytes", [bytes(v) for v in columns["fixed_s"]]),
+      "fixed_u": ("str", list(columns["fixed_u"])),
+      "obj": ("bytes_lists", [[b"p"], [b"q", b"r"], []]),
+  }
+  for i, data in enumerate(ec.encode_examples(columns, n)):
+    assert data == _oracle(kinds, i).SerializeToString(deterministic=True)
+
+
+def test_numeric_lists_are_accepted():
+  out = ec.encode_examples({"f": [[1.5, 2.0], [3.0, 4.0]], "i": [1, -2]}, 2)
+  ex = tf.train.Example.FromString(out[1])
+  assert list(ex.features.feature["f"].float_list.value) == [3.0, 4.0]
+  assert list(ex.features.feature["i"].int64_list.value) == [-2]
+
+
+@pytest.mark.parametrize("columns, raw, error, match", [
+    ({"x": np.zeros((3, 2), np.float32)}, None, ValueError, "expected 2 rows"),
+    ({"x": [b"a"]}, None, ValueError, "expected 2 rows"),
+    ({"x": np.zeros(2, np.complex64)}, None, ValueError, "unsupported dtype"),
+    ({"x": np.array([2**63, 1], np.uint64)}, None, ValueError, "exceeds int64"),
+    ({"x": [[b"a"], [3]]}, None, TypeError, "not bytes or str"),
+    ({"x": [[1.0], [1.0, 2.0]]}, None, ValueError, "same shape"),
+    ({"x": [b"a", b"b"]}, {"x": [b"", b""]}, ValueError, "both"),
+    ({}, {"x": [b""]}, ValueError, "expected 2 rows"),
+])
+def test_bad_input_is_rejected(columns, raw, error, match):
+  with pytest.raises(error, match=match):
+    ec.encode_examples(columns, 2, raw_features=raw)
+
+
+def test_zero_rows_and_no_features():
+  assert ec.encode_examples({"x": np.zeros((0, 3), np.float32)}, 0) == []
+  empty = tf.train.Example(features=tf.train.Features())
+  assert ec.encode_examples({}, 2) == [
+      empty.SerializeToString(deterministic=True)] * 2

@@ -1,0 +1,279 @@
+"""The cascade: every model in ONE graph and ONE session, run in one call.
+
+`build_cascade_graph` parses features in-graph, places each stage under its
+own scope, wires inputs from features or earlier stages, and gates stages
+in-graph (gather -> model -> scatter). `CascadeSession` restores every model
+with its own Saver, finalizes the graph and runs batches through a C++
+callable (DESIGN.md fact 4). Nothing here imports Beam.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import time
+import weakref
+from typing import Dict, List, Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import config_pb2
+
+from transforms.engine.gate import Gate, parse_gate
+from transforms.engine.sources import PlacedModel, place_model
+from transforms.engine.spec import CascadeError, CascadeSpec, FeatureSpec, StageSpec
+
+_TF_DTYPES = {"float32": tf.float32, "int64": tf.int64, "string": tf.string}
+SERIALIZED_INPUT = "serialized_examples"
+
+
+@dataclasses.dataclass
+class StagePlan:
+  """What one stage became in the graph (printed by `validate`)."""
+  name: str
+  scope: str
+  source: str
+  checkpoint: str
+  fingerprint: str
+  global_step: object
+  inputs: Dict[str, str]
+  outputs: Dict[str, str]
+  gate: str
+  restored: Dict[str, str]
+  unused: List[str]
+
+
+@dataclasses.dataclass
+class CascadeGraph:
+  """A built, not yet restored, cascade graph.
+
+  Attributes:
+    graph: the one graph holding every model.
+    serialized: the tf.string [batch] placeholder fed with serialized Examples.
+    fetches: engine output name ("<stage>/<output>", "<stage>/ran") -> tensor.
+    rows_run: stage name -> int32 scalar, rows the stage's model ran on.
+    models: stage name -> placed model (Saver + checkpoint).
+    plan: per-stage description, in order.
+  """
+  graph: tf.Graph
+  serialized: tf.Tensor
+  fetches: Dict[str, tf.Tensor]
+  rows_run: Dict[str, tf.Tensor]
+  models: Dict[str, PlacedModel]
+  plan: List[StagePlan]
+
+
+def _parse_features(serialized, features: Sequence[FeatureSpec]):
+  spec = {}
+  for f in features:
+    if f.dtype not in _TF_DTYPES:
+      raise CascadeError(f"feature '{f.name}': dtype must be one of "
+                         f"{sorted(_TF_DTYPES)}, got '{f.dtype}'")
+    spec[f.name] = tf.io.FixedLenFeature(list(f.shape), _TF_DTYPES[f.dtype],
+                                         default_value=f.default)
+  return tf.io.parse_example(serialized, spec, name="parse")
+
+
+def _resolve(reference: str, available: Mapping[str, tf.Tensor],
+             stage_order: Mapping[str, int], stage: StageSpec, what: str):
+  """Looks up "features.X" / "<stage>.<output>" among tensors built so far."""
+  if reference in available:
+    return available[reference]
+  head, _, tail = reference.partition(".")
+  if not tail:
+    raise CascadeError(f"stage '{stage.name}': {what} {reference!r} must be "
+                       f"'features.<name>' or '<stage>.<output>'")
+  if head == "features":
+    raise CascadeError(f"stage '{stage.name}': {what} {reference!r} names a "
+                       f"feature not declared under input.features")
+  if head in stage_order:
+    if stage_order[head] >= stage_order[stage.name]:
+      raise CascadeError(
+          f"stage '{stage.name}': {what} {reference!r} refers to stage '{head}',"
+          f" which does not run before '{stage.name}' (stages run in config "
+          f"order; a stage may use only features and earlier stages)")
+    raise CascadeError(f"stage '{stage.name}': {what} {reference!r}: stage "
+                       f"'{head}' has no output '{tail}'")
+  raise CascadeError(f"stage '{stage.name}': {what} {reference!r} names no "
+                     f"stage (stages: {sorted(stage_order)})")
+
+
+def _gate_mask(gate: Gate, tensor: tf.Tensor, stage: StageSpec) -> tf.Tensor:
+  """A [batch] bool mask from a per-row scalar output."""
+  rank = tensor.shape.rank
+  if rank == 2 and tensor.shape[1] == 1:
+    tensor = tf.squeeze(tensor, axis=1)
+  elif rank != 1:
+    raise CascadeError(f"stage '{stage.name}': run_if needs a per-row scalar, "
+                       f"but '{gate.reference}' has shape {tensor.shape}")
+  if not (tensor.dtype.is_floating or tensor.dtype.is_integer or tensor.dtype.is_bool):
+    raise CascadeError(f"stage '{stage.name}': run_if compares a number, but "
+                       f"'{gate.reference}' is {tensor.dtype.name}")
+  threshold = tf.constant(gate.threshold, dtype=tf.float64)
+  value = tf.cast(tensor, tf.float64)
+  compare = {"<": tf.less, "<=": tf.less_equal, ">": tf.greater,
+             ">=": tf.greater_equal, "==": tf.equal, "!=": tf.not_equal}[gate.op]
+  return compare(value, threshold)
+
+
+def _scatter(rows: tf.Tensor, values: tf.Tensor, batch: tf.Tensor,
+             fill_value: float) -> tf.Tensor:
+  """Puts per-passing-row `values` back at `rows` of a [batch, ...] tensor."""
+  shape = tf.concat([[batch], tf.shape(values, out_type=tf.int64)[1:]], axis=0)
+  filled = tf.fill(shape, tf.constant(fill_value, dtype=values.dtype)
+                   if values.dtype != tf.string else tf.constant(""))
+  return tf.tensor_scatter_nd_update(filled, rows[:, None], values)
+
+
+def build_cascade_graph(spec: CascadeSpec) -> CascadeGraph:
+  """Builds the whole cascade graph; validates wiring and checkpoints.
+
+  Raises:
+    CascadeError: naming the stage and the checkpoint, variable or tensor at
+      fault.
+  """
+  if len(spec.stages) < 2:
+    raise CascadeError(f"a cascade needs at least 2 stages, got {len(spec.stages)}")
+  names = [s.name for s in spec.stages]
+  duplicates = sorted({n for n in names if names.count(n) > 1})
+  if duplicates:
+    raise CascadeError(f"stage names must be unique: {duplicates} repeat")
+  scopes = [s.scope for s in spec.stages]
+  if len(set(scopes)) != len(scopes):
+    raise CascadeError(f"stage scopes must be unique: {scopes}")
+  stage_order = {s.name: i for i, s in enumerate(spec.stages)}
+
+  graph = tf.Graph()
+  fetches, rows_run, models, plan = {}, {}, {}, []
+  with graph.as_default():
+    serialized = tf.compat.v1.placeholder(tf.string, [None], name=SERIALIZED_INPUT)
+    parsed = _parse_features(serialized, spec.features)
+    batch = tf.shape(serialized, out_type=tf.int64)[0]
+    available = {f"features.{name}": t for name, t in parsed.items()}
+    for stage in spec.stages:
+      inputs = {key: _resolve(ref, available, stage_order, stage, f"input '{key}' <-")
+                for key, ref in stage.inputs.items()}
+      gate = parse_gate(stage.run_if) if stage.run_if else None
+      if gate:
+        mask = _gate_mask(gate, _resolve(gate.reference, available, stage_order,
+                                         stage, "run_if"), stage)
+        rows = tf.where(mask)[:, 0]
+        with tf.name_scope(f"{stage.scope}_gate"):
+          inputs = {k: tf.gather(t, rows) for k, t in inputs.items()}
+      model = place_model(stage, inputs)
+      for out, tensor in model.outputs.items():
+        if gate:
+          tensor = _scatter(rows, tensor, batch, stage.fill_value)
+        available[f"{stage.name}.{out}"] = tensor
+        fetches[f"{stage.name}/{out}"] = tensor
+      if gate:
+        fetches[f"{stage.name}/ran"] = tf.cast(mask, tf.int64)
+        rows_run[stage.name] = tf.size(rows, out_type=tf.int64)
+      else:
+        rows_run[stage.name] = batch
+      models[stage.name] = model
+      plan.append(StagePlan(
+          name=stage.name, scope=stage.scope,
+          source=f"{stage.source.kind}: {stage.source.ref}",
+          checkpoint=model.checkpoint.prefix,
+          fingerprint=model.checkpoint.fingerprint,
+          global_step=model.checkpoint.global_step,
+          inputs=dict(stage.inputs), outputs=dict(stage.outputs),
+          gate=str(gate) if gate else "", restored=model.restored,
+          unused=model.unused))
+  return CascadeGraph(graph, serialized, fetches, rows_run, models, plan)
+
+
+def session_config(spec: CascadeSpec) -> tf.compat.v1.ConfigProto:
+  """Thread counts from the spec; we rely on Beam to manage concurrency."""
+  s = spec.session
+  config = tf.compat.v1.ConfigProto(
+      intra_op_parallelism_threads=s.intra_op_threads,
+      inter_op_parallelism_threads=s.inter_op_threads,
+      allow_soft_placement=True)
+  if s.device == "cpu":
+    config.device_count["GPU"] = 0
+  else:
+    config.gpu_options.allow_growth = True
+  return config
+
+
+def _close_if_alive(ref) -> None:
+  session = ref()
+  if session is not None:
+    session.close()
+
+
+class CascadeSession:
+  """The one session holding every model. Thread-safe: `run` may be called
+  from many threads at once."""
+
+  def __init__(self, spec: CascadeSpec):
+    start = time.perf_counter()
+    self.spec = spec
+    self.cascade = build_cascade_graph(spec)
+    self.output_names = list(self.cascade.fetches)
+    self._stage_names = list(self.cascade.rows_run)
+    graph = self.cascade.graph
+    self._session = tf.compat.v1.Session(graph=graph, config=session_config(spec))
+    try:
+      with graph.as_default():  # Saver.restore refuses to run eagerly
+        for name, model in self.cascade.models.items():
+          try:
+            model.saver.restore(self._session, model.checkpoint.prefix)
+          except tf.errors.OpError as e:
+            raise CascadeError(f"stage '{name}': restoring {model.checkpoint.prefix}"
+                               f" failed: {e.message.splitlines()[0]}") from e
+      graph.finalize()
+      options = config_pb2.CallableOptions()
+      options.feed.append(self.cascade.serialized.name)
+      options.fetch.extend(t.name for t in self.cascade.fetches.values())
+      options.fetch.extend(t.name for t in self.cascade.rows_run.values())
+      # The C++ callable skips Session.run's per-call Python bookkeeping.
+      self._callable = self._session._make_callable_from_options(options)  # pylint: disable=protected-access
+    except BaseException:
+      self._session.close()
+      raise
+    self.load_seconds = time.perf_counter() - start
+    # Release before interpreter teardown; a callable freed after TF's modules
+    # are gone raises AttributeError in __del__ (DESIGN.md fact 4).
+    atexit.register(_close_if_alive, weakref.ref(self))
+
+  @property
+  def plan(self) -> List[StagePlan]:
+    return self.cascade.plan
+
+  def run(self, serialized: Sequence[bytes]) -> Dict[str, np.ndarray]:
+    """Runs the cascade on a batch of serialized `tf.train.Example`s.
+
+    Args:
+      serialized: the records' bytes (a list or a 1-D object array).
+
+    Returns:
+      Every engine output by name, each with the batch as first dimension,
+      plus "<stage>/rows_run" (scalar int64) per stage.
+
+    Raises:
+      tf.errors.InvalidArgumentError: a record does not parse.
+    """
+    batch = np.asarray(serialized, dtype=object)
+    values = self._callable(batch)
+    n = len(self.output_names)
+    result = dict(zip(self.output_names, values[:n]))
+    result.update({f"{name}/rows_run": v
+                   for name, v in zip(self._stage_names, values[n:])})
+    return result
+
+  def close(self) -> None:
+    """Releases the callable and the session; safe to call twice."""
+    if getattr(self, "_callable", None) is not None:
+      self._callable = None  # releases the C++ callable before the session
+    if getattr(self, "_session", None) is not None:
+      self._session.close()
+      self._session = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()

@@ -1,0 +1,117 @@
+"""Plain, picklable descriptions of a cascade: what the engine builds.
+
+The launcher validates YAML into these frozen dataclasses; workers receive them
+pickled inside the DoFn. Nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, Optional, Tuple
+
+FEATURE_DTYPES = ("float32", "int64", "string")
+SOURCE_KINDS = ("meta_graph", "builder", "saved_model")
+DEVICES = ("cpu", "gpu")
+
+
+class CascadeError(ValueError):
+  """A cascade cannot be built as specified; the message names every problem."""
+
+  def __init__(self, problems):
+    if isinstance(problems, str):
+      problems = [problems]
+    self.problems = list(problems)
+    super().__init__("\n".join(f"- {p}" for p in self.problems)
+                     if len(self.problems) > 1 else self.problems[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+  """One feature of the input `tf.train.Example`, parsed in-graph.
+
+  Attributes:
+    name: feature key in the Example.
+    dtype: one of FEATURE_DTYPES.
+    shape: fixed shape of one record's value; () for a scalar.
+    default: value used when the feature is absent; None makes it required.
+  """
+  name: str
+  dtype: str
+  shape: Tuple[int, ...] = ()
+  default: Optional[object] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+  """Where a stage's graph comes from.
+
+  Attributes:
+    kind: "meta_graph" (path to a .meta file), "builder" ("module:function")
+      or "saved_model" (an export directory).
+    ref: the path or the "module:function" reference.
+    tags: SavedModel tags (saved_model only).
+    signature: SavedModel signature whose keys may name inputs/outputs.
+  """
+  kind: str
+  ref: str
+  tags: Tuple[str, ...] = ("serve",)
+  signature: str = "serving_default"
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSpec:
+  """One model of the cascade.
+
+  Attributes:
+    name: stage name; outputs are referred to as "<name>.<output>".
+    source: the model's graph.
+    checkpoint: checkpoint prefix or directory (latest checkpoint is used).
+      Empty for a SavedModel (its own variables/ are used).
+    scope: variable/name scope the model is placed under.
+    inputs: model input -> "features.<name>" or "<earlier stage>.<output>".
+      For meta graphs and SavedModels the key is a tensor name ("input:0") or a
+      signature input key; for builders it is the builder's argument key.
+    outputs: output name -> model tensor name (or signature output key, or the
+      builder's returned key).
+    run_if: optional gate, e.g. "a.confidence < 0.9".
+    fill_value: value of this stage's outputs on rows the gate did not pass.
+  """
+  name: str
+  source: ModelSource
+  checkpoint: str
+  scope: str
+  inputs: Mapping[str, str]
+  outputs: Mapping[str, str]
+  run_if: Optional[str] = None
+  fill_value: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionSpec:
+  """How the single session runs.
+
+  Attributes:
+    intra_op_threads: threads inside one op; 0 lets TensorFlow choose.
+    inter_op_threads: ops run concurrently; 0 lets TensorFlow choose.
+    device: "cpu" (default; hides GPUs) or "gpu" (memory growth, soft placement).
+  """
+  intra_op_threads: int = 0
+  inter_op_threads: int = 0
+  device: str = "cpu"
+
+
+@dataclasses.dataclass(frozen=True)
+class CascadeSpec:
+  """Features to parse, ordered stages (>= 2) and session settings."""
+  features: Tuple[FeatureSpec, ...]
+  stages: Tuple[StageSpec, ...]
+  session: SessionSpec = SessionSpec()
+
+  def output_names(self) -> Tuple[str, ...]:
+    """Names of every engine output, "<stage>/<output>" and "<stage>/ran"."""
+    names = []
+    for stage in self.stages:
+      names.extend(f"{stage.name}/{out}" for out in stage.outputs)
+      if stage.run_if:
+        names.append(f"{stage.name}/ran")
+    return tuple(names)
