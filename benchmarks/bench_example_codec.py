@@ -64,8 +64,7 @@ def main():
   rows = args.rows
   cols = make_batch(rows)
 
-  # Same messages both ways (the codec is byte-identical to deterministic
-  # serialization; compare parsed protos to be independent of map order).
+  # Same messages both ways (compared parsed: map order is not part of it).
   ours, theirs = encode_with_codec(cols, rows), encode_with_protos(cols, rows)
   assert all(tf.train.Example.FromString(a) == tf.train.Example.FromString(b)
              for a, b in zip(ours, theirs))

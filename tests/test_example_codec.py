@@ -87,6 +87,24 @@ def _normalized(example):
   return out
 
 
+def _entries(example_bytes):
+  """The raw map entries of a serialized Example with one Features field."""
+  assert example_bytes[0] == 0x0A
+  size, pos = ec._read_varint(example_bytes, 1, len(example_bytes))
+  assert pos + size == len(example_bytes)
+  out = []
+  while pos < len(example_bytes):
+    assert example_bytes[pos] == 0x0A
+    size, start = ec._read_varint(example_bytes, pos + 1, len(example_bytes))
+    out.append(example_bytes[pos:start + size])
+    pos = start + size
+  return out
+
+
+def _prefix_free(names):
+  return not any(a != b and b.startswith(a) for a in names for b in names)
+
+
 def _has_nan(kinds):
   return any(k.startswith("float") and np.isnan(v).any()
              for k, v in kinds.values())
@@ -102,7 +120,16 @@ def test_round_trip_matches_protobuf(batch):
     ref = _oracle(kinds, i)
     assert _normalized(tf.train.Example.FromString(data)) == _normalized(ref)
     if not _has_nan(kinds):
-      assert data == ref.SerializeToString(deterministic=True)
+      expected = ref.SerializeToString(deterministic=True)
+      # Same map entries, byte for byte; ours in bytewise key order, which is
+      # upb's deterministic order too unless a key is a prefix of another
+      # (upb puts "ab" before "a").
+      assert sorted(_entries(data)) == sorted(_entries(expected))
+      if _prefix_free(kinds):
+        assert data == expected
+    keys = [list(tf.train.Features.FromString(e).feature)[0].encode()
+            for e in _entries(data)]  # each entry is a one-entry Features
+    assert keys == sorted(keys)
     # Float payloads are the input's float32 bits, exactly (NaN payloads too).
     raw = ec.raw_feature_bytes(data, list(kinds))
     for name, (kind, values) in kinds.items():
@@ -244,6 +271,10 @@ def test_bad_input_is_rejected(columns, raw, error, match):
 
 def test_zero_rows_and_no_features():
   assert ec.encode_examples({"x": np.zeros((0, 3), np.float32)}, 0) == []
+  assert ec.encode_examples({"x": [], "y": [[]] * 0, "z": np.zeros(0, int)},
+                            0) == []
+  with pytest.raises(ValueError, match="expected 0 rows"):
+    ec.encode_examples({"x": np.zeros((1, 3), np.float32)}, 0)
   empty = tf.train.Example(features=tf.train.Features())
   assert ec.encode_examples({}, 2) == [
       empty.SerializeToString(deterministic=True)] * 2

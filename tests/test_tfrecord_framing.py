@@ -9,6 +9,7 @@ cannot be imported in a process that imported TensorFlow.
 import gzip
 import io
 import os
+import pickle
 import struct
 import subprocess
 import sys
@@ -138,6 +139,8 @@ def test_damage_is_located(plain, where, reason):
       plain, offsets[3], 3, reason)
   message = str(err)
   assert "\n" not in message
+  copy = pickle.loads(pickle.dumps(err))  # crosses process boundaries in Beam
+  assert (copy.path, copy.index, str(copy)) == (err.path, err.index, message)
   for part in (plain, str(offsets[3]), "record 3", reason):
     assert part in message
 
@@ -167,7 +170,8 @@ def test_huge_length_fails_fast_without_allocating(plain, fix_crc):
   assert (err.offset, err.index) == (offset, 2)
   assert len(good) == 2
   if fix_crc:
-    assert err.reason == "length 1152921504606846976 exceeds max_record_bytes 67108864"
+    assert err.reason == (
+        "length 1152921504606846976 exceeds max_record_bytes 67108864")
   else:
     assert err.reason == "length CRC mismatch"
 
@@ -181,7 +185,8 @@ def test_max_record_bytes_applies_to_valid_records(plain):
 
 @pytest.mark.parametrize("cut, reason", [
     (5, "truncated header: 5 bytes"),
-    (12 + 37, f"truncated record: header says {len(RECORDS[3])} bytes, 37 left"),
+    (12 + 37,
+     f"truncated record: header says {len(RECORDS[3])} bytes, 37 left"),
     (12 + len(RECORDS[3]) + 2,
      "truncated record: data CRC cut short (2 of 4 bytes)"),
 ])

@@ -12,8 +12,9 @@ simple, so a batch is encoded column-wise here:
 numpy produces every fixed-width part of every row at once (float payloads,
 small-int varints and the constant framing around them, as one [rows, width]
 byte matrix); Python only slices that matrix and joins a few pieces per row.
-Map entries are written in sorted key order, so the output is byte-identical
-to protobuf's deterministic serialization.
+Map entries are written in bytewise key order: the output is then exactly
+protobuf's deterministic serialization, except that Python's upb sorts a key
+after its own extensions ("ab" before "a"); parsers don't care about order.
 
 Pure Python + numpy on purpose: no TensorFlow or Beam import.
 """
@@ -61,8 +62,6 @@ def encode_examples(columns: Mapping[str, Column], num_rows: int, *,
   both = set(columns) & set(raw_features)
   if both:
     raise ValueError(f"features given as both columns and raw: {sorted(both)}")
-  if num_rows == 0:
-    return []
   names = sorted(list(columns) + list(raw_features),
                  key=lambda k: k.encode("utf-8"))
   # pieces: per-row byte strings, in row order, or a fixed-width uint8
@@ -181,6 +180,7 @@ def _column_parts(key_field, values, n, name):
 
 
 def _int64_parts(key_field, flat, name):
+  """Per-row pieces of an int64_list feature (values as packed varints)."""
   if flat.dtype.kind == "u" and flat.size and flat.max() > _INT64_MAX:
     raise ValueError(f"feature {name!r}: value {flat.max()} exceeds int64")
   # Negative values become 10-byte varints of their two's complement.
@@ -201,6 +201,7 @@ def _int64_parts(key_field, flat, name):
 
 
 def _bytes_parts(key_field, values, n, name):
+  """Per-row pieces of a bytes_list feature."""
   values = list(values)
   if len(values) != n:
     raise ValueError(f"feature {name!r}: expected {n} rows, got {len(values)}")
@@ -220,6 +221,7 @@ def _bytes_parts(key_field, values, n, name):
 
 
 def _bytes_list_body(row, name):
+  """A BytesList message body for one row (a value or a list of values)."""
   if isinstance(row, (bytes, str, np.bytes_, np.str_)):
     row = [row]
   out = []
@@ -234,6 +236,7 @@ def _bytes_list_body(row, name):
 
 
 def _raw_parts(key_field, features, n, name):
+  """Per-row pieces of a feature given as serialized Feature messages."""
   features = list(features)
   if len(features) != n:
     raise ValueError(f"raw feature {name!r}: expected {n} rows, got "
@@ -258,11 +261,13 @@ def _fixed_entries(key_field, kind, payload):
 
 
 def _packed_prefix(payload_len):
+  """The packed field's tag and length, in front of its payload."""
   # An empty packed field is omitted altogether, as protobuf does.
   return bytes([_LEN1]) + _varint(payload_len) if payload_len else b""
 
 
 def _packed_len(payload_len):
+  """Length of a list message holding one packed field of payload_len."""
   return 1 + _vlen(payload_len) + payload_len if payload_len else 0
 
 
@@ -274,17 +279,20 @@ def _entry_header(key_field, kind, list_len, list_prefix):
 
 
 def _entry_header_for_feature(key_field, feature_len):
+  """Map entry bytes up to the Feature message: 0A len key 12 len."""
   entry_len = len(key_field) + 1 + _vlen(feature_len) + feature_len
   return (bytes([_LEN1]) + _varint(entry_len) + key_field + bytes([_FEATURE])
           + _varint(feature_len))
 
 
 def _key_field(name):
+  """The map entry's key field: 0A len UTF-8 name."""
   key = name.encode("utf-8")
   return bytes([_LEN1]) + _varint(len(key)) + key
 
 
 def _is_bytes_column(values):
+  """Whether a non-array column holds bytes/str values (vs numbers)."""
   # Decided by the first non-empty row (rows of [] fit either kind); every
   # row's values are type-checked while encoding.
   for v in values:
@@ -306,6 +314,7 @@ def _memo_map(fn, keys):
 
 
 class _Memo(dict):
+  """A dict that fills a missing key with fn(key)."""
 
   def __init__(self, fn):
     super().__init__()
@@ -317,6 +326,7 @@ class _Memo(dict):
 
 
 def _row_slices(block):
+  """The rows of a uint8 matrix as bytes objects."""
   blob = block.tobytes()
   width = block.shape[1]
   return [blob[i:i + width] for i in range(0, len(blob), width)]
@@ -333,6 +343,7 @@ def _varints(v):
 
 
 def _varint(n):
+  """Varint-encodes a non-negative int."""
   out = bytearray()
   while n >= 0x80:
     out.append((n & 0x7F) | 0x80)
@@ -342,10 +353,12 @@ def _varint(n):
 
 
 def _vlen(n):
+  """Length of n's varint encoding."""
   return max(1, (n.bit_length() + 6) // 7)
 
 
 def _read_varint(buf, pos, end):
+  """Decodes the varint at buf[pos:end]; returns (value, next position)."""
   if pos < end and buf[pos] < 0x80:  # the common one-byte case
     return buf[pos], pos + 1
   result = shift = 0
@@ -361,7 +374,7 @@ def _read_varint(buf, pos, end):
 
 
 def _fields(buf, pos, end):
-  """Yields (field number, start, end) of length-delimited fields; skips others."""
+  """Yields (field, start, end) per length-delimited field; skips others."""
   while pos < end:
     tag, pos = _read_varint(buf, pos, end)
     wire = tag & 7

@@ -135,7 +135,9 @@ class _CascadeDoFn(beam.DoFn):
       start = time.perf_counter()
       result = self._engine.session.run([records[p] for p in positions])
       self._batch_latency.update(int((time.perf_counter() - start) * 1e6))
-    except tf.errors.InvalidArgumentError as e:
+    # TF reports an unparseable record either as InvalidArgumentError or, when
+    # its message quotes non-UTF-8 record bytes, as a UnicodeDecodeError.
+    except (tf.errors.InvalidArgumentError, UnicodeDecodeError) as e:
       self._failed_batches.inc()
       if len(positions) == 1:
         dead.append((int(positions[0]), _reason(e)))
@@ -180,8 +182,10 @@ class _CascadeDoFn(beam.DoFn):
 
 def _reason(error) -> str:
   """The first line of a parse error, which names the feature at fault."""
+  if isinstance(error, UnicodeDecodeError):
+    return "record does not parse: not a serialized tf.train.Example"
   text = getattr(error, "message", str(error)).strip().splitlines()[0]
-  return f"record does not parse: {text}"
+  return f"record does not parse: {text[:500]}"
 
 
 class RunCascade(beam.PTransform):

@@ -1,0 +1,1 @@
+"""Benchmarks for tfcascade (issue 5): `python -m benchmarks.run [--quick]`."""

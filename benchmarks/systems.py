@@ -1,0 +1,339 @@
+"""One benchmark run in a fresh process: `python -m benchmarks.systems SPEC_JSON`.
+
+Every run is its own process so that start-up, peak RSS and TensorFlow's
+thread pools are measured from scratch; the driver (benchmarks.run) samples
+the process tree's RSS from outside. The last stdout line is
+`BENCH_RESULT {json}` with:
+
+  tf_import_s: seconds to `import tensorflow` in this process;
+  job_s:       seconds from then to the end of the work (everything the
+               system does beyond importing TF: imports, graph, restore,
+               reading, scoring, writing); what the driver times;
+  plus system-specific breakdowns.
+
+Systems:
+  b0:        physical limit: pre-parsed numpy, one session, A -> B in-graph.
+  roofline:  GFLOP/s of big matmuls in the same session config.
+  tfdata:    TFRecordDataset -> batch -> parse_example -> A -> B, one process.
+  naive:     Beam ReadFromTFRecord -> Python parse -> RunInference(A) ->
+             RunInference(B) -> WriteToTFRecord (custom ModelHandlers).
+  tfcascade: pipeline.job.run on a generated config.
+  startup:   tfcascade's start-up pieces timed one by one.
+"""
+
+from __future__ import annotations
+
+import time
+
+T0 = time.perf_counter()
+
+import glob  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import tensorflow as tf  # noqa: E402
+
+T_TF = time.perf_counter()
+
+import numpy as np  # noqa: E402
+
+from benchmarks import workloads as w  # noqa: E402
+
+tf1 = tf.compat.v1
+BATCH = 1024
+
+
+def _session_config():
+  # The same ConfigProto tfcascade builds for `session: {}` (0 = TF decides).
+  return tf1.ConfigProto(intra_op_parallelism_threads=0,
+                         inter_op_parallelism_threads=0,
+                         allow_soft_placement=True, device_count={"GPU": 0})
+
+
+def _build_pair(x, kind):
+  """A -> B in one graph, each under its own scope (classic recipe)."""
+  with tf1.variable_scope("a"):
+    logits, confidence, va = w.build_a(x, kind)
+  with tf1.variable_scope("b"):
+    probs, vb = w.build_b(logits, x, kind)
+  return confidence, probs, {"a": ("a", va), "b": ("b", vb)}
+
+
+def _save_verify(path, ids, probs, confidence=None, ran=None):
+  if path:
+    np.savez(path, ids=ids, probs=probs,
+             confidence=confidence if confidence is not None else np.zeros(0),
+             ran=ran if ran is not None else np.zeros(0))
+
+
+def run_b0(spec):
+  x = np.load(w.data_paths(spec["workdir"], spec["n"])["npy"])
+  start = time.perf_counter()  # the numpy load is "no IO": not timed
+  graph = tf.Graph()
+  with graph.as_default():
+    ph = tf1.placeholder(tf.float32, [None, w.FEATURE_DIM])
+    confidence, probs, scoped = _build_pair(ph, spec["kind"])
+    sess = tf1.Session(graph=graph, config=_session_config())
+    w.restore_pair(sess, spec["kind"], spec["workdir"], scoped)
+    graph.finalize()
+  from tensorflow.core.protobuf import config_pb2  # pylint: disable=g-import-not-at-top
+  options = config_pb2.CallableOptions()
+  options.feed.append(ph.name)
+  options.fetch.extend([probs.name, confidence.name])
+  call = sess._make_callable_from_options(options)  # pylint: disable=protected-access
+  ready = time.perf_counter()
+  outs = [call(x[0:BATCH])]
+  first = time.perf_counter()
+  for i in range(BATCH, len(x), BATCH):
+    outs.append(call(x[i:i + BATCH]))
+  end = time.perf_counter()
+  if spec.get("verify"):
+    _save_verify(spec["verify"], np.arange(len(x)),
+                 np.concatenate([o[0] for o in outs]),
+                 np.concatenate([o[1] for o in outs]))
+  return {"job_s": end - start, "setup_s": ready - start,
+          "first_batch_s": first - ready, "loop_s": end - first}
+
+
+def run_roofline(spec):
+  """Big-matmul GFLOP/s in the same session config; also B's layer shape."""
+  results = {}
+  graph = tf.Graph()
+  with graph.as_default():
+    shapes = {"matmul_2048": (2048, 2048, 2048), "b_layer_1024": (BATCH, 1024, 1024)}
+    ops = {}
+    for name, (m, k, n) in shapes.items():
+      a = tf.Variable(tf.random.normal([m, k], seed=1))
+      b = tf.Variable(tf.random.normal([k, n], seed=2))
+      # Reducing to a scalar keeps the output copy out of the measurement.
+      ops[name] = tf.reduce_sum(tf.matmul(a, b))
+    with tf1.Session(graph=graph, config=_session_config()) as sess:
+      sess.run(tf1.global_variables_initializer())
+      for name, op in ops.items():
+        m, k, n = shapes[name]
+        reps = 5 if m == 2048 else 40
+        sess.run(op)
+        times = []
+        for _ in range(reps):
+          t = time.perf_counter()
+          sess.run(op)
+          times.append(time.perf_counter() - t)
+        results[name] = 2.0 * m * k * n / float(np.median(times)) / 1e9
+  return {"job_s": time.perf_counter() - T_TF, "gflops": results}
+
+
+def _parse_spec():
+  return {"id": tf.io.FixedLenFeature([], tf.string),
+          "x": tf.io.FixedLenFeature([w.FEATURE_DIM], tf.float32)}
+
+
+def run_tfdata(spec):
+  start = time.perf_counter()
+  files = sorted(glob.glob(w.data_paths(spec["workdir"], spec["n"])[spec["layout"]]))
+  graph = tf.Graph()
+  with graph.as_default():
+    ds = (tf.data.TFRecordDataset(files)
+          .batch(BATCH)
+          .map(lambda s: tf.io.parse_example(s, _parse_spec()),
+               num_parallel_calls=tf.data.AUTOTUNE)
+          .prefetch(tf.data.AUTOTUNE))
+    batch = tf1.data.make_one_shot_iterator(ds).get_next()
+    confidence, probs, scoped = _build_pair(batch["x"], spec["kind"])
+    sess = tf1.Session(graph=graph, config=_session_config())
+    w.restore_pair(sess, spec["kind"], spec["workdir"], scoped)
+    fetch = [batch["id"], probs, confidence]
+  ready = time.perf_counter()
+  outs = []
+  while True:
+    try:
+      outs.append(sess.run(fetch))
+    except tf.errors.OutOfRangeError:
+      break
+  end = time.perf_counter()
+  if spec.get("verify"):
+    ids = np.array([int(i[1:]) for o in outs for i in o[0]])
+    _save_verify(spec["verify"], ids, np.concatenate([o[1] for o in outs]),
+                 np.concatenate([o[2] for o in outs]))
+  return {"job_s": end - start, "setup_s": ready - start, "loop_s": end - ready,
+          "rows": int(sum(len(o[0]) for o in outs))}
+
+
+def run_naive(spec):
+  """The pattern Beam documents for several models: one RunInference per
+  model, each ModelHandler loading its own checkpoint into its own session."""
+  start = time.perf_counter()
+  import apache_beam as beam  # pylint: disable=g-import-not-at-top
+  from apache_beam.ml.inference.base import (  # pylint: disable=g-import-not-at-top
+      KeyedModelHandler, ModelHandler, PredictionResult, RunInference)
+  from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=g-import-not-at-top
+
+  class CheckpointHandler(ModelHandler):
+    """A TF1 meta graph + checkpoint, fed a dict of numpy arrays per row."""
+
+    def __init__(self, directory, feeds, fetches):
+      self._dir, self._feeds, self._fetches = directory, feeds, fetches
+
+    def load_model(self):
+      graph = tf.Graph()
+      with graph.as_default():
+        saver = tf1.train.import_meta_graph(os.path.join(self._dir, "model.meta"))
+        sess = tf1.Session(graph=graph, config=_session_config())
+        saver.restore(sess, tf.train.latest_checkpoint(self._dir))
+      return sess
+
+    def run_inference(self, batch, model, inference_args=None):
+      feed = {tensor: np.stack([row[key] for row in batch])
+              for key, tensor in self._feeds.items()}
+      out = model.run(self._fetches, feed)
+      return [PredictionResult(row, {k: v[i] for k, v in out.items()})
+              for i, row in enumerate(batch)]
+
+    def batch_elements_kwargs(self):
+      return {"min_batch_size": BATCH, "max_batch_size": BATCH}
+
+  kind, workdir = spec["kind"], spec["workdir"]
+  handler_a = KeyedModelHandler(CheckpointHandler(
+      w.model_dir(workdir, kind, "a"), {"x": "input:0"},
+      {"logits": "logits:0", "confidence": "confidence:0"}))
+  handler_b = KeyedModelHandler(CheckpointHandler(
+      w.model_dir(workdir, kind, "b"), {"logits": "input:0", "x": "pixels:0"},
+      {"probs": "probs:0"}))
+
+  def parse(record):
+    f = tf.train.Example.FromString(record).features.feature
+    return f["id"].bytes_list.value[0], {
+        "x": np.asarray(f["x"].float_list.value, dtype=np.float32)}
+
+  def to_b(item):
+    key, result = item
+    return key, {"logits": result.inference["logits"], "x": result.example["x"]}
+
+  def encode(item):
+    key, result = item
+    return tf.train.Example(features=tf.train.Features(feature={
+        "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[key])),
+        "b/probs": tf.train.Feature(float_list=tf.train.FloatList(
+            value=result.inference["probs"])),
+    })).SerializeToString()
+
+  out_dir = spec["out"]
+  _clear(out_dir)
+  pattern = w.data_paths(workdir, spec["n"])[spec["layout"]]
+  options = PipelineOptions(spec["beam_args"])
+  with beam.Pipeline(options=options) as p:
+    _ = (p
+         | "Read" >> beam.io.ReadFromTFRecord(pattern)
+         | "Parse" >> beam.Map(parse)
+         | "A" >> RunInference(handler_a)
+         | "ToB" >> beam.Map(to_b)
+         | "B" >> RunInference(handler_b)
+         | "Encode" >> beam.Map(encode)
+         | "Write" >> beam.io.WriteToTFRecord(os.path.join(out_dir, "part"),
+                                              file_name_suffix=".tfrecord"))
+  return {"job_s": time.perf_counter() - start}
+
+
+def _clear(path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.rmtree(path, ignore_errors=True)
+  os.makedirs(path, exist_ok=True)
+
+
+def tfcascade_config(spec) -> dict:
+  """The job config for a spec (also written next to the output)."""
+  workdir, kind = spec["workdir"], spec["kind"]
+  n = spec["n"]
+  pattern = (w.data_paths(workdir, n)[spec.get("layout", "sharded")]
+             if n else os.path.join(w.data_paths(workdir, 1024)["dir"], "*.tfrecord"))
+  stage_b = {
+      "name": "b", "checkpoint": w.model_dir(workdir, kind, "b"),
+      "meta_graph": os.path.join(w.model_dir(workdir, kind, "b"), "model.meta"),
+      "inputs": {"input:0": "a.logits", "pixels:0": "features.x"},
+      "outputs": {"probs": "probs:0"}}
+  if spec.get("gate"):
+    stage_b["run_if"] = f"a.confidence < {spec['threshold']!r}"
+  config = {
+      "input": {"pattern": pattern, "compression": "none",
+                "features": {"id": {"dtype": "string"},
+                             "x": {"dtype": "float32", "shape": [w.FEATURE_DIM]}}},
+      "stages": [
+          {"name": "a", "checkpoint": w.model_dir(workdir, kind, "a"),
+           "meta_graph": os.path.join(w.model_dir(workdir, kind, "a"), "model.meta"),
+           "inputs": {"input:0": "features.x"},
+           "outputs": {"logits": "logits:0", "confidence": "confidence:0"}},
+          stage_b],
+      "output": {"path": os.path.join(spec["out"], "predictions"),
+                 "format": "tfrecord", "passthrough": ["id"]},
+      "batch_size": BATCH,
+  }
+  if spec.get("split_bytes"):
+    config["input"]["split_bytes"] = spec["split_bytes"]
+  return config
+
+
+def _write_config(spec) -> str:
+  import yaml  # pylint: disable=g-import-not-at-top
+  os.makedirs(spec["out"], exist_ok=True)
+  path = os.path.join(spec["out"], "job.yaml")
+  with open(path, "w") as f:
+    yaml.safe_dump(tfcascade_config(spec), f, sort_keys=False)
+  return path
+
+
+def run_tfcascade(spec):
+  path = _write_config(spec)  # before the clock: the user's file exists
+  start = time.perf_counter()
+  from pipeline.config import load_config  # pylint: disable=g-import-not-at-top
+  from pipeline.job import run  # pylint: disable=g-import-not-at-top
+  summary = run(load_config(path), spec["beam_args"], overwrite=True)
+  end = time.perf_counter()
+  return {"job_s": end - start, "records_read": summary["records_read"],
+          "records_written": summary["records_written"],
+          "rows_run_b": summary["stages"]["b"]["rows_run"],
+          "sessions_opened": summary.get("metrics", {}).get("sessions_opened")}
+
+
+def run_startup(spec):
+  """tfcascade's start-up beyond `import tensorflow`, piece by piece."""
+  path = _write_config(spec)
+  t = [time.perf_counter()]
+  import apache_beam  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  from pipeline.config import load_config  # pylint: disable=g-import-not-at-top
+  from pipeline import job  # pylint: disable=g-import-not-at-top
+  from transforms import tfrecord_framing as framing  # pylint: disable=g-import-not-at-top
+  from transforms.engine import CascadeSession  # pylint: disable=g-import-not-at-top
+  t.append(time.perf_counter())
+  config = load_config(path)
+  job.preflight(config)  # the launcher's checks (builds the graph once)
+  t.append(time.perf_counter())
+  session = CascadeSession(config.cascade_spec())
+  t.append(time.perf_counter())
+  files = sorted(glob.glob(config.input_patterns[0]))
+  chunk = next(framing.read_record_chunks(files[0], compression="none",
+                                          chunk_size=BATCH))
+  session.run([r for _, r in chunk])
+  t.append(time.perf_counter())
+  session.close()
+  return {"job_s": t[-1] - t[0], "imports_s": t[1] - t[0],
+          "preflight_s": t[2] - t[1], "session_s": t[3] - t[2],
+          "first_batch_s": t[4] - t[3]}
+
+
+SYSTEMS = {"b0": run_b0, "roofline": run_roofline, "tfdata": run_tfdata,
+           "naive": run_naive, "tfcascade": run_tfcascade, "startup": run_startup}
+
+
+def main():
+  spec = json.loads(sys.argv[1])
+  result = SYSTEMS[spec["system"]](spec)
+  result["tf_import_s"] = T_TF - T0
+  result["total_s"] = time.perf_counter() - T0
+  sys.stdout.write("\nBENCH_RESULT " + json.dumps(result) + "\n")
+  sys.stdout.flush()
+
+
+if __name__ == "__main__":
+  main()
