@@ -156,7 +156,7 @@ def _is_path_key(keys: Sequence) -> bool:
 def _absolute(value, base: str):
   if isinstance(value, list):
     return [_absolute(v, base) for v in value]
-  if not isinstance(value, str) or "://" in value or os.path.isabs(value):
+  if not isinstance(value, str) or not value or "://" in value or os.path.isabs(value):
     return value
   return os.path.normpath(os.path.join(base, value))
 
@@ -175,7 +175,8 @@ def apply_override(raw: dict, assignment: str) -> Tuple[Tuple, object]:
   """Applies one `dotted.key=value` to the raw config dict, in place.
 
   List items are addressed by index or, for stages, by name
-  (`stages.b.run_if=...`). The value is parsed as YAML (numbers, lists, ...).
+  (`stages.b.run_if=...`). The value is parsed as YAML (numbers, lists, ...);
+  an empty value sets null.
 
   Returns:
     The resolved key path and the parsed value.
@@ -183,7 +184,7 @@ def apply_override(raw: dict, assignment: str) -> Tuple[Tuple, object]:
   key, sep, text = assignment.partition("=")
   if not sep or not key:
     raise ConfigError(f"--set {assignment!r}: expected dotted.key=value")
-  value = yaml.safe_load(text) if text else ""
+  value = yaml.safe_load(text) if text else None  # `key=` unsets a key
   node, path = raw, []
   parts = key.split(".")
   for i, part in enumerate(parts):

@@ -9,8 +9,8 @@ several workers share one file.
 from __future__ import annotations
 
 import base64
+import logging
 import math
-import typing
 from typing import List, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
@@ -22,6 +22,7 @@ from transforms import tfrecord_framing as framing
 __all__ = ["ReadRecordChunks", "RecordChunk", "ReadRange", "QUARANTINE_TAG"]
 
 QUARANTINE_TAG = "quarantine"
+_LOG = logging.getLogger("tfcascade")
 NAMESPACE = "tfcascade"
 
 
@@ -57,7 +58,7 @@ class _PlanRanges(beam.DoFn):
     if compression != "none" or size <= self._split_bytes:
       yield ReadRange(path, compression)
       return
-    entries = self._index(path)
+    entries = self._index(path, size)
     if entries is None:  # damaged file: let the reader name the damage
       yield ReadRange(path, compression)
       return
@@ -65,10 +66,16 @@ class _PlanRanges(beam.DoFn):
     for start_index, start, end in framing.split_ranges(entries, splits):
       yield ReadRange(path, compression, start_index, start, end)
 
-  def _index(self, path):
+  def _index(self, path, size):
     idx = framing.index_path(path)
     if FileSystems.exists(idx):
-      return framing.read_index(idx, open_fn=_open_raw)
+      entries = framing.read_index(idx, open_fn=_open_raw)
+      # An index that does not end at the file's end is stale (the file grew
+      # or was rewritten); trusting it would silently skip records.
+      if entries and entries[-1][0] + entries[-1][1] == size:
+        return entries
+      _LOG.warning("ignoring stale index %s: it does not cover %s's %d bytes",
+                   idx, path, size)
     try:
       return framing.build_index(path, max_record_bytes=self._max_record_bytes,
                                  open_fn=_open_raw)

@@ -374,7 +374,8 @@ def _project_key(project_dir: Path) -> str:
   h = hashlib.sha256()
   h.update(("%s|%s|%d.%d" % (BEAM_VERSION, sys.platform,
                              *sys.version_info[:2])).encode())
-  for name in ("setup.py", "setup.cfg", "pyproject.toml", "requirements.txt"):
+  for name in ("setup.py", "setup.cfg", "pyproject.toml", "requirements.txt",
+               "constraints.txt"):
     f = project_dir / name
     h.update(name.encode() + b"\0" +
              (f.read_bytes() if f.is_file() else b"<none>") + b"\0")
@@ -415,9 +416,9 @@ def build_wheel(project_dir: Path, out_dir: Path) -> Path:
 def make_worker_venv(project_dir: str | os.PathLike = REPO,
                      cache: str | os.PathLike | None = None) -> Path:
   """A virtualenv holding ONLY what a remote worker would get: the project's
-  wheel (built from its setup.py) and the deps that wheel declares; or, while
-  the project has no setup.py, apache-beam==BEAM_VERSION alone. Returns the
-  venv's python.
+  wheel (built from its setup.py) and the deps that wheel declares (pinned by
+  the project's constraints.txt when present); or, while the project has no
+  setup.py, apache-beam==BEAM_VERSION alone. Returns the venv's python.
 
   Cached under <cache>/worker-venvs/<hash of the packaging files>; the
   project wheel itself is rebuilt and force-reinstalled (--no-deps) on every
@@ -441,7 +442,11 @@ def make_worker_venv(project_dir: str | os.PathLike = REPO,
   if has_setup:
     wheel = build_wheel(project_dir, venv / "wheels" / str(time.time_ns()))
   if not done.is_file():
+    # The project's constraints.txt (its pip freeze) pins the transitive deps
+    # too, so the worker gets the versions the launcher was tested with.
+    constraints = project_dir / "constraints.txt"
     _pip(python, "install", "-q",
+         *(["-c", str(constraints)] if constraints.is_file() else []),
          str(wheel) if wheel else "apache-beam==%s" % BEAM_VERSION)
     done.write_text(str(wheel or "apache-beam==%s" % BEAM_VERSION))
   elif wheel:
