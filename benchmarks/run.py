@@ -73,6 +73,7 @@ def plan_runs(small: int, big: int, quick: bool):
   if not quick:
     add("heavy/tfcascade-mp2-singlefile", "tfcascade", "heavy", big,
         layout="single", beam_args=MP2, split_bytes=8 << 20)
+  add("roofline", "roofline", "heavy", 0)
   # Start-up: pieces timed in-process, and the whole job on one batch.
   add("heavy/startup", "startup", "heavy", 0)
   add("heavy/tfcascade-1batch", "tfcascade", "heavy", 0, beam_args=DIRECT)
@@ -271,6 +272,8 @@ def main(argv=None):
   if args.sizes:
     small, big = (int(s) for s in args.sizes.split(","))
   budget = args.budget_min or (6 if args.quick else 25)
+  # One folder per size pair, so quick and full runs keep their own data.
+  args.workdir = os.path.join(args.workdir, f"{small}_{big}")
   started = time.time()
 
   def log(msg):
