@@ -10,7 +10,7 @@ RECORDS=${RECORDS:-200000}
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
-if ! "$VENV/bin/python" -c "import pipeline, sklearn" 2>/dev/null; then
+if [ ! -x "$VENV/bin/tfcascade" ] || ! "$VENV/bin/python" -c "import sklearn" 2>/dev/null; then
   "$VENV/bin/pip" install --quiet --upgrade pip
   "$VENV/bin/pip" install --quiet -c constraints.txt -e ".[demo,test]"
 fi

@@ -91,12 +91,12 @@ class TreeSampler(threading.Thread):
     super().__init__(daemon=True)
     self._root = psutil.Process(pid)
     self._period = period
-    self._stop = threading.Event()
+    self._halt = threading.Event()
     self.peak = 0
     self.max_procs = 0
 
   def run(self):
-    while not self._stop.is_set():
+    while not self._halt.is_set():
       try:
         procs = [self._root] + self._root.children(recursive=True)
       except psutil.NoSuchProcess:
@@ -109,10 +109,10 @@ class TreeSampler(threading.Thread):
           pass
       self.peak = max(self.peak, total)
       self.max_procs = max(self.max_procs, len(procs))
-      self._stop.wait(self._period)
+      self._halt.wait(self._period)
 
   def stop(self):
-    self._stop.set()
+    self._halt.set()
     self.join()
 
 

@@ -48,6 +48,10 @@ def _preflight(config):
     return preflight(config), None
   except (PreflightError, CascadeError) as e:
     return None, str(e)
+  except Exception as e:  # pylint: disable=broad-except; say what failed, plainly
+    _LOG.debug("preflight failed", exc_info=True)
+    return None, (f"checking the config failed unexpectedly: "
+                  f"{type(e).__name__}: {e}")
 
 
 def run(args, beam_args) -> int:

@@ -120,8 +120,13 @@ def _scatter(rows: tf.Tensor, values: tf.Tensor, batch: tf.Tensor,
              fill_value: float) -> tf.Tensor:
   """Puts per-passing-row `values` back at `rows` of a [batch, ...] tensor."""
   shape = tf.concat([[batch], tf.shape(values, out_type=tf.int64)[1:]], axis=0)
-  filled = tf.fill(shape, tf.constant(fill_value, dtype=values.dtype)
-                   if values.dtype != tf.string else tf.constant(""))
+  if values.dtype == tf.string:
+    fill = tf.constant("")
+  elif values.dtype.is_integer or values.dtype.is_bool:
+    fill = tf.cast(tf.constant(int(fill_value), tf.int64), values.dtype)
+  else:
+    fill = tf.constant(fill_value, dtype=values.dtype)
+  filled = tf.fill(shape, fill)
   return tf.tensor_scatter_nd_update(filled, rows[:, None], values)
 
 
