@@ -75,19 +75,28 @@ def summarize(data):
     rows = {}
     for system, _ in SYSTEM_ROWS:
       name = f"{kind}/{system}"
-      fixed, per_row = t.fit(name, small, big)
+      # Naive Beam runs at small/4 and small (see run.plan_runs); its big-size
+      # time is extrapolated from that fit.
+      lo, hi = (small // 4, small) if system == "naive" else (small, big)
+      fixed, per_row = t.fit(name, lo, hi)
       t_big = t.med(name, big)
+      extrapolated = t_big is None and per_row is not None
+      if extrapolated:
+        t_big = fixed + big * per_row
       rows[system] = {
-          "t_small": t.med(name, small), "t_big": t_big,
-          "spread_big": t.spread(name, big),
+          "sizes": [lo, hi], "extrapolated": extrapolated,
+          "t_small": t.med(name, lo), "t_big": t_big,
+          "spread_big": t.spread(name, hi),
           "e2e_rate": big / t_big if t_big else None,
           "steady_rate": 1 / per_row if per_row and per_row > 0 else None,
-          "fixed_s": fixed, "rss_mb": t.med(name, big, "peak_rss_mb"),
-          "cpu_s": t.med(name, big, "cpu_s"),
-          "foreign_cpu_s": t.med(name, big, "foreign_cpu_s"),
-          "n_runs": len(t.runs(name, big)),
+          "fixed_s": fixed, "rss_mb": t.med(name, hi, "peak_rss_mb"),
+          "cpu_s": t.med(name, hi, "cpu_s"),
+          "foreign_cpu_s": t.med(name, hi, "foreign_cpu_s"),
+          "n_runs": len(t.runs(name, hi)),
       }
     for system, row in rows.items():
+      row["cpu_per_row_us"] = (None if row["cpu_s"] is None
+                               else row["cpu_s"] / row["sizes"][1] * 1e6)
       for base in ("b0", "naive"):
         row[f"steady_x_{base}"] = _ratio(row["steady_rate"], rows[base]["steady_rate"])
         row[f"e2e_x_{base}"] = _ratio(row["e2e_rate"], rows[base]["e2e_rate"])
@@ -245,19 +254,24 @@ def write(data, path):
     f = man["flops_per_row"][kind]
     b0 = rows["b0"]["steady_rate"]
     lines += [f"## {kind.capitalize()} models", "",
-              f"| system | rows/s steady | rows/s end-to-end @{big // 1000}k | "
-              f"fixed s | x B0 (steady / e2e) | x naive (steady / e2e) | "
-              f"peak RSS MB | CPU s @{big // 1000}k | time @{big // 1000}k min-max s |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              f"| system | sizes fitted | rows/s steady | rows/s end-to-end "
+              f"@{big // 1000}k | fixed s | x B0 (steady / e2e) | x naive "
+              f"(steady / e2e) | peak RSS MB | CPU us/row | time min-max s |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for system, label in SYSTEM_ROWS:
       r = rows[system]
       lo, hi = r["spread_big"]
+      sizes = "/".join(f"{n // 1000}k" if n >= 1000 else str(n) for n in r["sizes"])
+      e2e = _fmt(r["e2e_rate"]) + (" (extrapolated)" if r["extrapolated"] else "")
       lines.append(
-          f"| {label} | {_fmt(r['steady_rate'])} | {_fmt(r['e2e_rate'])} | "
+          f"| {label} | {sizes} | {_fmt(r['steady_rate'])} | {e2e} | "
           f"{_fmt(r['fixed_s'], '.2f')} | {_fmt(r['steady_x_b0'], '.2f')} / "
           f"{_fmt(r['e2e_x_b0'], '.2f')} | {_fmt(r['steady_x_naive'], '.2f')} / "
           f"{_fmt(r['e2e_x_naive'], '.2f')} | {_fmt(r['rss_mb'])} | "
-          f"{_fmt(r['cpu_s'], '.1f')} | {_fmt(lo, '.1f')}-{_fmt(hi, '.1f')} |")
+          f"{_fmt(r['cpu_per_row_us'], '.0f')} | {_fmt(lo, '.1f')}-{_fmt(hi, '.1f')} |")
+    lines += ["", "Peak RSS, CPU and the min-max spread are at the larger fitted "
+              "size; CPU is user+sys of the whole process tree (start-up "
+              "included) per row."]
     if b0:
       lines += ["", f"B0 reaches {b0 * (f['a'] + f['b']) / 1e9:.1f} GFLOP/s "
                 f"({(f['a'] + f['b']) / 1e6:.2f} MFLOP/row); roofline in the same "

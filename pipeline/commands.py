@@ -129,14 +129,14 @@ def _score_sample(config, pre, n):
   """Scores the first n records of the first non-empty input file."""
   from transforms import tfrecord_framing as framing  # pylint: disable=g-import-not-at-top
   from transforms.engine import CascadeSession  # pylint: disable=g-import-not-at-top
-  from pipeline.job import _open_raw  # pylint: disable=g-import-not-at-top
+  from transforms.read import open_raw  # pylint: disable=g-import-not-at-top
   path, compression, _ = next(((p, c, s) for p, c, s in pre.files if s), (None, None, 0))
   if path is None:
     return None
   try:
     chunk = next(iter(framing.read_record_chunks(
         path, compression=compression, chunk_size=n,
-        max_record_bytes=config.input.max_record_bytes, open_fn=_open_raw)), [])
+        max_record_bytes=config.input.max_record_bytes, open_fn=open_raw)), [])
   except framing.CorruptRecordError as e:
     return str(e)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import posixpath
 from typing import Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import pydantic
@@ -158,6 +159,8 @@ def _absolute(value, base: str):
     return [_absolute(v, base) for v in value]
   if not isinstance(value, str) or not value or "://" in value or os.path.isabs(value):
     return value
+  if "://" in base:  # a config read from gs:// etc.: resolve against its URL
+    return posixpath.join(base, value)
   return os.path.normpath(os.path.join(base, value))
 
 
@@ -230,15 +233,15 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> JobConfig:
     ConfigError: naming the file and every bad key path.
   """
   try:
-    with open(path) as f:
-      raw = yaml.safe_load(f)
-  except OSError as e:
-    raise ConfigError(f"cannot read config {path}: {e.strerror}") from e
+    raw = yaml.safe_load(_read_text(path))
+  except (OSError, IOError) as e:
+    raise ConfigError(f"cannot read config {path}: {getattr(e, 'strerror', None) or e}") from e
   except yaml.YAMLError as e:
     raise ConfigError(f"config {path} is not valid YAML: {e}") from e
   if not isinstance(raw, dict):
     raise ConfigError(f"config {path} must be a YAML mapping")
-  raw = _resolve_paths(raw, os.path.dirname(os.path.abspath(path)))
+  base = posixpath.dirname(path) if "://" in path else os.path.dirname(os.path.abspath(path))
+  raw = _resolve_paths(raw, base)
   for assignment in overrides:
     keys, value = apply_override(raw, assignment)
     if _is_path_key(keys):  # --set paths are relative to where the user is
@@ -247,6 +250,19 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> JobConfig:
     return JobConfig.model_validate(raw)
   except pydantic.ValidationError as e:
     raise ConfigError(_format_errors(path, e)) from None
+
+
+def _read_text(path: str) -> str:
+  """Reads a local file, or any Beam FileSystems URL (gs://...) for templates."""
+  if "://" not in path:
+    with open(path) as f:
+      return f.read()
+  from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
+  try:
+    with FileSystems.open(path) as f:
+      return f.read().decode("utf-8")
+  except Exception as e:  # BeamIOError and friends
+    raise OSError(str(e)) from e
 
 
 def _assign(raw, keys, value):

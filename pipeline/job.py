@@ -21,7 +21,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipeline import outputs
 from pipeline.config import JobConfig
 from transforms import tfrecord_framing as framing
-from transforms.read import QUARANTINE_TAG, ReadRecordChunks
+from transforms.read import QUARANTINE_TAG, ReadRecordChunks, open_raw
 from transforms.run_cascade import COUNTS_TAG, DEAD_LETTER_TAG, RunCascade
 from transforms.write import CountWrittenRecords, WriteBlobs
 
@@ -67,14 +67,9 @@ def match_inputs(config: JobConfig) -> List[Tuple[str, str, int]]:
   result = []
   for path, size in sorted(files.items()):
     compression = framing.detect_compression(
-        path, config.input.compression, open_fn=_open_raw) if size else "none"
+        path, config.input.compression, open_fn=open_raw) if size else "none"
     result.append((path, compression, size))
   return result
-
-
-def _open_raw(path):
-  from apache_beam.io.filesystem import CompressionTypes  # pylint: disable=g-import-not-at-top
-  return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
 def preflight(config: JobConfig) -> Preflight:

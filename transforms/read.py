@@ -41,8 +41,11 @@ class ReadRange(NamedTuple):
   end_offset: Optional[int] = None
 
 
-def _open_raw(path):
-  # Our framing reader handles gzip itself, so Beam must not decompress.
+def open_raw(path):
+  """Opens any Beam FileSystems path as raw bytes.
+
+  Our framing reader handles gzip itself, so Beam must not decompress.
+  """
   return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
@@ -69,7 +72,7 @@ class _PlanRanges(beam.DoFn):
   def _index(self, path, size):
     idx = framing.index_path(path)
     if FileSystems.exists(idx):
-      entries = framing.read_index(idx, open_fn=_open_raw)
+      entries = framing.read_index(idx, open_fn=open_raw)
       # An index that does not end at the file's end is stale (the file grew
       # or was rewritten); trusting it would silently skip records.
       if entries and entries[-1][0] + entries[-1][1] == size:
@@ -78,7 +81,7 @@ class _PlanRanges(beam.DoFn):
                    idx, path, size)
     try:
       return framing.build_index(path, max_record_bytes=self._max_record_bytes,
-                                 open_fn=_open_raw)
+                                 open_fn=open_raw)
     except framing.CorruptRecordError:
       return None
 
@@ -100,7 +103,7 @@ class _ReadChunks(beam.DoFn):
           task.path, compression=task.compression, chunk_size=self._chunk_size,
           max_record_bytes=self._max_record_bytes, start_offset=task.start_offset,
           end_offset=task.end_offset, start_index=task.start_index,
-          open_fn=_open_raw):
+          open_fn=open_raw):
         salvaged += len(chunk)
         self._records_read.inc(len(chunk))
         yield RecordChunk(task.path, chunk)

@@ -13,7 +13,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from transforms import tfrecord_framing as framing
-from transforms.read import NAMESPACE
+from transforms.read import NAMESPACE, open_raw
 
 __all__ = ["WriteBlobs", "CountWrittenRecords"]
 
@@ -58,7 +58,7 @@ class _CountRecords(beam.DoFn):
     quarantined = 0
     if self._kind == "tfrecord":  # re-reading also verifies both CRCs
       records = sum(len(chunk) for chunk in framing.read_record_chunks(
-          path, compression="auto", open_fn=_open_raw))
+          path, compression="auto", open_fn=open_raw))
     else:
       records = 0
       with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as f:
@@ -72,10 +72,6 @@ class _CountRecords(beam.DoFn):
     yield (self._count_key, records)
     if quarantined:
       yield ("quarantine_entries", quarantined)
-
-
-def _open_raw(path):
-  return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
 class CountWrittenRecords(beam.PTransform):

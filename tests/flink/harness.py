@@ -18,6 +18,7 @@ All services bind to / are addressed on loopback.
 from __future__ import annotations
 
 import collections
+import fcntl
 import glob
 import hashlib
 import os
@@ -97,9 +98,10 @@ def job_server_jar(fetch: bool = True) -> tuple[Path | None, str]:
                      capture_output=True, text=True)
   if r.returncode == 0 and Path(r.stdout.strip()).is_file():
     return Path(r.stdout.strip()), ""
-  err = [l for l in r.stderr.splitlines() if "ERROR" in l or "fetch" in l]
-  return None, ("ci/flink/fetch_job_server.sh failed (exit %d): %s" %
-                (r.returncode, (err[0] if err else r.stderr[-300:]).strip()))
+  # The script's own last line says what failed; mvn's log is above it.
+  last = (r.stderr.strip().splitlines() or ["(no output)"])[-1]
+  return None, "ci/flink/fetch_job_server.sh exit %d: %s" % (r.returncode,
+                                                              last[:300])
 
 
 def flink_args(
@@ -396,12 +398,16 @@ def build_wheel(project_dir: Path, out_dir: Path) -> Path:
   *.egg-info into the source tree, which others may be editing meanwhile."""
   src = Path(tempfile.mkdtemp(prefix="tfc-wheel-src-"))
   try:
-    shutil.copytree(
-        project_dir, src / "p",
-        ignore=shutil.ignore_patterns(".git", ".venv", "__pycache__", "build",
-                                      "dist", "*.egg-info", "out", "demo",
-                                      ".pytest_cache", ".hypothesis",
-                                      ".cache"))
+    top_level_junk = {".git", ".venv", "build", "dist", "out", "demo",
+                      ".pytest_cache", ".hypothesis", ".cache"}
+
+    def ignore(d, names):
+      # Top-level junk only: a package may well have a subfolder "demo".
+      junk = top_level_junk if Path(d) == project_dir else set()
+      return {n for n in names if n in junk or n == "__pycache__" or
+              n.endswith(".egg-info")}
+
+    shutil.copytree(project_dir, src / "p", ignore=ignore)
     out_dir.mkdir(parents=True, exist_ok=True)
     _pip(Path(sys.executable), "wheel", "--no-deps", "-q", "-w", str(out_dir),
          str(src / "p"))
@@ -425,15 +431,40 @@ def make_worker_venv(project_dir: str | os.PathLike = REPO,
   call so the worker always runs the current code.
   """
   project_dir = Path(project_dir).resolve()
+  root = Path(cache or cache_root()) / "worker-venvs"
+  root.mkdir(parents=True, exist_ok=True)
+  key = _project_key(project_dir)
+  # Two test sessions (or xdist workers) must not build one venv at once.
+  with open(root / (key + ".lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    python = _make_worker_venv_locked(project_dir, root / key)
+    _prune_worker_venvs(root, keep=root / key)
+  return python
+
+
+def _prune_worker_venvs(root: Path, keep: Path, max_kept: int = 2):
+  # Each venv is ~2 GB (TensorFlow): keep the current one and the most
+  # recently used other (e.g. a branch with other pins), delete the rest.
+  venvs = sorted((d for d in root.iterdir() if d.is_dir() and d != keep),
+                 key=lambda d: d.stat().st_mtime, reverse=True)
+  for d in venvs[max_kept - 1:]:
+    lock = root / (d.name + ".lock")
+    with open(lock, "w") as fh:
+      try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except OSError:
+        continue  # in use by another session
+      shutil.rmtree(d, ignore_errors=True)
+    lock.unlink(missing_ok=True)
+
+
+def _make_worker_venv_locked(project_dir: Path, venv: Path) -> Path:
   has_setup = (project_dir / "setup.py").is_file() or (
       project_dir / "pyproject.toml").is_file()
-  root = Path(cache or cache_root()) / "worker-venvs"
-  venv = root / _project_key(project_dir)
   python = venv / "bin" / "python"
   done = venv / ".tfcascade-deps-installed"
   if not done.is_file():
     shutil.rmtree(venv, ignore_errors=True)
-    root.mkdir(parents=True, exist_ok=True)
     # Same interpreter version as the launcher: pickled user code and
     # cloudpickle-by-value functions must unpickle on the worker.
     base = getattr(sys, "_base_executable", sys.executable)
@@ -453,6 +484,7 @@ def make_worker_venv(project_dir: str | os.PathLike = REPO,
     _pip(python, "install", "-q", "--no-deps", "--force-reinstall", str(wheel))
   if wheel:
     shutil.rmtree(wheel.parent, ignore_errors=True)
+  os.utime(venv)  # "recently used", for pruning
   return python
 
 
