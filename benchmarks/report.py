@@ -62,6 +62,10 @@ def _fmt(v, spec=",.0f", none="–"):
   return none if v is None else format(v, spec)
 
 
+def _flops(f):
+  return f"{f / 1e6:.2f} MFLOP" if f >= 1e5 else f"{f / 1e3:.2f} kFLOP"
+
+
 def _ratio(a, b):
   return None if a is None or b is None or b == 0 else a / b
 
@@ -113,7 +117,10 @@ def summarize(data):
         "t_big": t_big, "fixed_s": fixed,
         "pass_rate": _med([r.get("rows_run_b", 0) / r["n"] for r in t.runs(name, big)]),
         "e2e_speedup": _ratio(base_big, t_big),
-        "steady_speedup": _ratio(base_per_row, per_row),
+        # A non-positive slope means noise swamped the fit: no number.
+        "steady_speedup": (_ratio(base_per_row, per_row)
+                           if per_row and per_row > 0 and base_per_row
+                           and base_per_row > 0 else None),
     }
   out["gates"] = gates
   # Start-up.
@@ -234,8 +241,8 @@ def write(data, path):
     arch = man["archs"][kind]
     lines.append(
         f"  - **{kind}**: A {'->'.join(map(str, arch['a']))} "
-        f"({f['a'] / 1e6:.2f} MFLOP/row), B {'->'.join(map(str, arch['b']))} "
-        f"({f['b'] / 1e6:.2f} MFLOP/row); A->B total {(f['a'] + f['b']) / 1e6:.2f} MFLOP/row.")
+        f"({_flops(f['a'])}/row), B {'->'.join(map(str, arch['b']))} "
+        f"({_flops(f['b'])}/row); A->B total {_flops(f['a'] + f['b'])}/row.")
   th = man["thresholds"]["heavy"]
   lines += [
       f"- Gate: B `run_if: a.confidence < t`, t from A's confidence quantiles on "
@@ -273,8 +280,8 @@ def write(data, path):
               "size; CPU is user+sys of the whole process tree (start-up "
               "included) per row."]
     if b0:
-      lines += ["", f"B0 reaches {b0 * (f['a'] + f['b']) / 1e9:.1f} GFLOP/s "
-                f"({(f['a'] + f['b']) / 1e6:.2f} MFLOP/row); roofline in the same "
+      lines += ["", f"B0 reaches {b0 * (f['a'] + f['b']) / 1e9:.2f} GFLOP/s "
+                f"({_flops(f['a'] + f['b'])}/row); roofline in the same "
                 f"session config: {_fmt(roof['matmul_2048'], '.1f')} GFLOP/s "
                 f"(2048^3 matmul), {_fmt(roof['b_layer_1024'], '.1f')} GFLOP/s "
                 f"(1024x1024x1024, B's layer shape)."]

@@ -278,7 +278,7 @@ def main(argv=None):
   small, big = ((5000, 20000) if args.quick else (50000, 200000))
   if args.sizes:
     small, big = (int(s) for s in args.sizes.split(","))
-  budget = args.budget_min or (6 if args.quick else 25)
+  budget = args.budget_min  # None: run every round
   # One folder per size pair, so quick and full runs keep their own data.
   args.workdir = os.path.join(args.workdir, f"{small}_{big}")
   started = time.time()
@@ -312,7 +312,7 @@ def main(argv=None):
   total = len(runs) + (reps - 1) * len([r for r in runs if not r.get("once")])
   done = 0
   for rep in range(reps):
-    if rep and (time.time() - started) / 60 > budget:
+    if rep and budget and (time.time() - started) / 60 > budget:
       log(f"time budget of {budget} min spent: stopping after {rep} rounds")
       break
     order = [r for r in runs if rep == 0 or not r.get("once")]

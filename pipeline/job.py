@@ -21,6 +21,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipeline import outputs
 from pipeline.config import JobConfig
 from transforms import tfrecord_framing as framing
+from transforms.engine import build_cascade_graph
 from transforms.read import QUARANTINE_TAG, ReadRecordChunks, open_raw
 from transforms.run_cascade import COUNTS_TAG, DEAD_LETTER_TAG, RunCascade
 from transforms.write import CountWrittenRecords, WriteBlobs
@@ -74,7 +75,6 @@ def match_inputs(config: JobConfig) -> List[Tuple[str, str, int]]:
 
 def preflight(config: JobConfig) -> Preflight:
   """Checks inputs, checkpoints, variables and wiring without reading data."""
-  from transforms.engine import build_cascade_graph  # pylint: disable=g-import-not-at-top
   files = match_inputs(config)
   cascade = build_cascade_graph(config.cascade_spec())
   known = set(config.input.features)
@@ -89,8 +89,17 @@ def preflight(config: JobConfig) -> Preflight:
 
 
 def build_pipeline(p: beam.Pipeline, config: JobConfig,
-                   files: Sequence[Tuple[str, str, int]], staging: str) -> None:
-  """Adds the whole job to `p`, writing under `staging`."""
+                   files: Sequence[Tuple[str, str, int]], staging: str,
+                   info: dict) -> None:
+  """Adds the whole job to `p`: it writes under `staging`, then publishes.
+
+  Args:
+    p: the pipeline.
+    config: the job config.
+    files: (path, compression, size) of every input file.
+    staging: the staging directory `outputs.prepare` returned.
+    info: `run_info(...)`, for the summary.
+  """
   read = p | "ReadInputs" >> ReadRecordChunks(
       files, chunk_size=config.batch_size,
       max_record_bytes=config.input.max_record_bytes,
@@ -125,25 +134,38 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig,
       | "AllCounts" >> beam.Flatten()
       | "SumCounts" >> beam.CombinePerKey(sum)
       | "CountsToDict" >> beam.combiners.ToDict())
-  counts_path = outputs.join(staging, outputs.COUNTS)
-  _ = counts | "WriteCounts" >> beam.Map(
-      lambda totals: outputs.write_json(counts_path, totals))
+  # The last step publishes, so a run the launcher does not wait for (a
+  # Dataflow Flex Template, --template_location) still ends complete.
+  _ = counts | "PublishOutput" >> beam.Map(
+      finalize, config.output_path, staging, info)
 
 
-def summarize(config: JobConfig, counts: Dict[str, int], plan, runner: str,
-              wall_seconds: float, started: str) -> dict:
-  """The run_summary.json contents; checks records are all accounted for."""
+def run_info(config: JobConfig, plan, runner: str) -> dict:
+  """What the summary says about the run besides counts (picklable)."""
+  return {
+      "runner": runner,
+      "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
+          timespec="seconds"),
+      "start_epoch": time.time(),
+      "output_format": config.output.format,
+      "run_date": config.run_date.isoformat() if config.run_date else None,
+      "stages": [{"name": p.name, "gate": p.gate or None, "source": p.source,
+                  "checkpoint": p.checkpoint, "fingerprint": p.fingerprint,
+                  "global_step": p.global_step} for p in plan],
+  }
+
+
+def summarize(counts: Dict[str, int], info: dict) -> dict:
+  """The run_summary.json contents, from the counts of what was written."""
   read = counts.get("records_read", 0)
   written = counts.get("records_written", 0)
   dead = counts.get("records_dead_lettered_written", 0)
   stages = {}
-  for p in plan:
-    stages[p.name] = {
-        "rows_in": counts.get(f"rows_in/{p.name}", 0),
-        "rows_run": counts.get(f"rows_run/{p.name}", 0),
-        "gate": p.gate or None, "source": p.source, "checkpoint": p.checkpoint,
-        "fingerprint": p.fingerprint, "global_step": p.global_step,
-    }
+  for stage in info["stages"]:
+    name = stage["name"]
+    stages[name] = {"rows_in": counts.get(f"rows_in/{name}", 0),
+                    "rows_run": counts.get(f"rows_run/{name}", 0),
+                    **{k: v for k, v in stage.items() if k != "name"}}
   return {
       "records_read": read,
       "records_written": written,
@@ -152,12 +174,30 @@ def summarize(config: JobConfig, counts: Dict[str, int], plan, runner: str,
       "files_quarantined": sorted(k.split(":", 1)[1] for k in counts
                                   if k.startswith("quarantined:")),
       "stages": stages,
-      "runner": runner,
-      "started_at": started,
-      "wall_seconds": round(wall_seconds, 3),
-      "output_format": config.output.format,
-      "run_date": config.run_date.isoformat() if config.run_date else None,
+      "runner": info["runner"],
+      "started_at": info["started_at"],
+      "wall_seconds": round(time.time() - info["start_epoch"], 3),
+      "output_format": info["output_format"],
+      "run_date": info["run_date"],
   }
+
+
+def finalize(counts: Dict[str, int], output_path: str, staging: str, info: dict):
+  """Checks the accounting and publishes the output (the pipeline's last step).
+
+  Raises:
+    AccountingError: records do not add up; everything stays in staging, with
+      the summary, and no _SUCCESS is written.
+  """
+  summary = summarize(counts, info)
+  if not summary["accounted"]:
+    outputs.write_json(outputs.join(staging, outputs.SUMMARY), summary)
+    raise AccountingError(
+        f"records_read {summary['records_read']} != records_written "
+        f"{summary['records_written']} + records_dead_lettered "
+        f"{summary['records_dead_lettered']}; output left in {staging}, "
+        f"no {outputs.SUCCESS} written")
+  outputs.publish(output_path, staging, summary)
 
 
 def _counters(result) -> Dict[str, int]:
@@ -175,9 +215,16 @@ def _counters(result) -> Dict[str, int]:
   return totals
 
 
+def _submits_only(options: PipelineOptions) -> bool:
+  """True when pipeline.run() only stages or describes the job (templates,
+  dry runs): the launcher must not wait for or judge the run."""
+  all_options = options.get_all_options(retain_unknown_options=True)
+  return bool(all_options.get("template_location") or all_options.get("dry_run"))
+
+
 def run(config: JobConfig, beam_args: Sequence[str] = (), overwrite: bool = False,
-        pre: Optional[Preflight] = None) -> dict:
-  """Runs the job to completion and publishes the output.
+        pre: Optional[Preflight] = None) -> Optional[dict]:
+  """Runs the job; the pipeline's last step publishes the output.
 
   Args:
     config: the validated job config.
@@ -186,11 +233,12 @@ def run(config: JobConfig, beam_args: Sequence[str] = (), overwrite: bool = Fals
     pre: a Preflight already done (else it is done here).
 
   Returns:
-    The run summary (also written to run_summary.json).
+    The run summary (run_summary.json plus the Beam counters the launcher
+    saw), or None when the job was only submitted (template, dry run).
 
   Raises:
     PreflightError, CascadeError, OutputExistsError: before any worker starts.
-    AccountingError: the pipeline finished but records do not add up.
+    RuntimeError: the pipeline failed (e.g. records did not add up).
   """
   pre = pre or preflight(config)
   options = PipelineOptions(list(beam_args))
@@ -199,25 +247,20 @@ def run(config: JobConfig, beam_args: Sequence[str] = (), overwrite: bool = Fals
     standard.runner = DEFAULT_RUNNER  # never the download-on-first-use default
   output_path = config.output_path
   staging = outputs.prepare(output_path, overwrite)
-  started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-  start = time.perf_counter()
   pipeline = beam.Pipeline(options=options)
-  build_pipeline(pipeline, config, pre.files, staging)
+  build_pipeline(pipeline, config, pre.files, staging,
+                 run_info(config, pre.plan, standard.runner))
   result = pipeline.run()
+  if _submits_only(options):
+    return None
   state = result.wait_until_finish()
   if str(state) not in ("DONE", "PipelineState.DONE"):
     raise RuntimeError(f"pipeline ended in state {state}; output left incomplete "
                        f"(no {outputs.SUCCESS})")
-  counts = outputs.read_counts(staging)
-  summary = summarize(config, counts, pre.plan, standard.runner,
-                      time.perf_counter() - start, started)
+  summary = outputs.read_summary(output_path)
+  if summary is None:
+    raise RuntimeError(f"the pipeline finished but {output_path} has no "
+                       f"{outputs.SUCCESS}; the output is incomplete")
   summary["metrics"] = _counters(result)
-  if not summary["accounted"]:
-    outputs.write_json(outputs.join(staging, outputs.SUMMARY), summary)
-    raise AccountingError(
-        f"records_read {summary['records_read']} != records_written "
-        f"{summary['records_written']} + records_dead_lettered "
-        f"{summary['records_dead_lettered']}; output left in {staging}, "
-        f"no {outputs.SUCCESS} written")
-  summary["outputs"] = outputs.publish(output_path, staging, summary)
+  outputs.write_json(outputs.join(output_path, outputs.METRICS), summary["metrics"])
   return summary

@@ -14,14 +14,14 @@ from apache_beam.io.filesystems import FileSystems
 
 SUCCESS = "_SUCCESS"
 SUMMARY = "run_summary.json"
+METRICS = "run_metrics.json"  # written by the launcher when it waits
 STAGING = "_staging"
-COUNTS = "_counts.json"
 DEAD_LETTER_DIR = "dead_letter"
 PREDICTIONS = "predictions"
 
 # Everything a run of ours may leave in the output directory. Directories are
 # listed both as themselves (local) and by contents (object stores have none).
-_OWNED = (f"{PREDICTIONS}-*", SUMMARY, DEAD_LETTER_DIR, f"{DEAD_LETTER_DIR}/**",
+_OWNED = (f"{PREDICTIONS}-*", SUMMARY, METRICS, DEAD_LETTER_DIR, f"{DEAD_LETTER_DIR}/**",
           STAGING, f"{STAGING}/**", "beam-temp-*", "beam-temp-*/**")
 
 
@@ -53,20 +53,27 @@ def prepare(output_path: str, overwrite: bool) -> str:
   return staging
 
 
-def _delete_owned(output_path: str) -> None:
-  stale = {p for pattern in _OWNED for p in _matches(join(output_path, pattern))}
+def _delete_paths(paths) -> None:
   # Deepest first, so a directory is never removed before its contents.
-  for path in sorted(stale, key=len, reverse=True):
+  for path in sorted(set(paths), key=len, reverse=True):
     if FileSystems.exists(path):
       FileSystems.delete([path])
 
 
-def read_counts(staging: str) -> dict:
-  """The counts the pipeline wrote (empty when the pipeline wrote none)."""
-  path = join(staging, COUNTS)
-  if not FileSystems.exists(path):
-    return {}
-  with FileSystems.open(path) as f:
+def _delete_owned(output_path: str) -> None:
+  _delete_paths(p for pattern in _OWNED for p in _matches(join(output_path, pattern)))
+
+
+def _delete_tree(path: str) -> None:
+  """A directory and its contents; on object stores, every object under it."""
+  _delete_paths(_matches(join(path, "**")) + [path])
+
+
+def read_summary(output_path: str):
+  """run_summary.json of a complete output, or None when _SUCCESS is absent."""
+  if not FileSystems.exists(join(output_path, SUCCESS)):
+    return None
+  with FileSystems.open(join(output_path, SUMMARY)) as f:
     return json.loads(f.read().decode("utf-8"))
 
 
@@ -91,7 +98,7 @@ def publish(output_path: str, staging: str, summary: dict) -> dict:
   if sources:
     FileSystems.rename(sources, destinations)
   write_json(join(output_path, SUMMARY), summary)
-  FileSystems.delete([staging])
+  _delete_tree(staging)
   with FileSystems.create(join(output_path, SUCCESS)) as f:
     f.write(b"")
   return moved

@@ -108,7 +108,13 @@ def check_against_oracle(out_dir, oracle):
 
 
 def summary_of(out_dir):
+  """run_summary.json, with the launcher's run_metrics.json under "metrics"."""
   with open(os.path.join(out_dir, "run_summary.json")) as f:
-    return json.load(f)
+    summary = json.load(f)
+  metrics = os.path.join(out_dir, "run_metrics.json")
+  if os.path.exists(metrics):
+    with open(metrics) as f:
+      summary["metrics"] = json.load(f)
+  return summary
 
 

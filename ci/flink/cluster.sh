@@ -179,7 +179,8 @@ smoke() {
   home="$(install)"
   flink_env
   here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-  jar="$STATE/flink-smoke.jar"
+  # Built once per Flink version into the cache (javac costs ~5 s).
+  jar="$CACHE/flink-smoke-$FLINK_PY_VERSION.jar"
   if [[ ! -s "$jar" || "$here/smoke/FlinkSmoke.java" -nt "$jar" ]]; then
     local build="$STATE/smoke-build"
     rm -rf "$build" && mkdir -p "$build"
