@@ -235,3 +235,21 @@ def test_sigkill_then_rerun_gives_exactly_the_complete_output(tmp_path):
   assert _record_set(out) == _record_set(reference)
   assert len(_record_set(out)) == 12000
   assert not (out / "_staging").exists()
+
+
+def test_accounting_mismatch_fails_the_run_without_success(tmp_path):
+  from pipeline import job as job_module, outputs  # pylint: disable=g-import-not-at-top
+  out = str(tmp_path / "out")
+  staging = outputs.prepare(out, overwrite=False)
+  info = {"runner": "DirectRunner", "started_at": "t", "start_epoch": time.time(),
+          "output_format": "tfrecord", "run_date": None, "stages": []}
+  counts = {"records_read": 5, "records_written": 3, "records_dead_lettered_written": 1}
+  with pytest.raises(job_module.AccountingError,
+                     match="records_read 5 != records_written 3 \\+ records_dead_lettered 1"):
+    job_module.finalize(counts, out, staging, info)
+  assert not os.path.exists(os.path.join(out, "_SUCCESS"))
+  assert os.path.exists(os.path.join(staging, "run_summary.json"))
+  counts["records_dead_lettered_written"] = 2  # now it adds up
+  job_module.finalize(counts, out, staging, info)
+  assert os.path.exists(os.path.join(out, "_SUCCESS"))
+  assert not os.path.exists(staging)

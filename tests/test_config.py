@@ -104,3 +104,11 @@ def test_missing_file_and_bad_yaml(tmp_path):
 def test_bad_set_syntax(tmp_path):
   assert "expected dotted.key=value" in _error(tmp_path, overrides=["batch_size"])
   assert "no item 'zzz'" in _error(tmp_path, overrides=["stages.zzz.run_if=x"])
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "flink.yaml", "dataflow.yaml"])
+def test_shipped_configs_validate(name):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  config = load_config(os.path.join(root, "configs", name), ["run_date=2026-11-25"])
+  assert [s.name for s in config.stages] == ["a", "b"]
+  assert config.cascade_spec().stages[1].run_if == "a.confidence < 0.9"
