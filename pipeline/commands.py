@@ -18,8 +18,21 @@ def _refused(message: str) -> int:
   return EXIT_REFUSED
 
 
-def _load(args):
-  return load_config(args.config, args.overrides)
+def _load_and_check(args):
+  """Loads the config and runs every check that needs no data; prints the plan.
+
+  Returns:
+    (config, preflight, None), or (None, None, problem) when refused.
+  """
+  try:
+    config = load_config(args.config, args.overrides)
+  except ConfigError as e:
+    return None, None, str(e)
+  pre, problem = _preflight(config)
+  if problem:
+    return None, None, problem
+  _print_plan(config, pre)
+  return config, pre, None
 
 
 def _print_plan(config, pre) -> None:
@@ -57,14 +70,9 @@ def _preflight(config):
 def run(args, beam_args) -> int:
   """`tfcascade run`: checks everything, runs, publishes, prints the summary."""
   from pipeline import job  # pylint: disable=g-import-not-at-top
-  try:
-    config = _load(args)
-  except ConfigError as e:
-    return _refused(str(e))
-  pre, problem = _preflight(config)
+  config, pre, problem = _load_and_check(args)
   if problem:
     return _refused(problem)
-  _print_plan(config, pre)
   try:
     summary = job.run(config, beam_args, overwrite=args.overwrite, pre=pre)
   except outputs.OutputExistsError as e:
@@ -111,14 +119,9 @@ def format_summary(summary: dict) -> str:
 
 def validate(args, _) -> int:
   """`tfcascade validate`: every fail-fast check plus a sample scored."""
-  try:
-    config = _load(args)
-  except ConfigError as e:
-    return _refused(str(e))
-  pre, problem = _preflight(config)
+  config, pre, problem = _load_and_check(args)
   if problem:
     return _refused(problem)
-  _print_plan(config, pre)
   if args.sample > 0:
     problem = _score_sample(config, pre, args.sample)
     if problem:
