@@ -9,6 +9,8 @@ Outputs are checked against B0's (max |difference| of B's probabilities per
 id; gate decisions against A's confidence). Results go to
 benchmarks/results.json (raw, every run) and benchmarks/RESULTS.md (medians,
 fits, ratios, targets); `--report-only` rebuilds the report from the json.
+A `--quick` smoke run (small sizes, one round) writes results-quick.json and
+RESULTS-quick.md instead, so it never overwrites the full run's report.
 """
 
 from __future__ import annotations
@@ -64,11 +66,12 @@ def plan_runs(small: int, big: int, quick: bool):
     for n in (small // 4, small):
       add(f"{kind}/naive", "naive", kind, n, layout="sharded", beam_args=DIRECT)
     # Two worker processes: each imports TF and restores its own session.
-    add(f"{kind}/tfcascade-mp2", "tfcascade", kind, big, layout="sharded",
-        beam_args=MP2)
+    if kind == "heavy" or not quick:
+      add(f"{kind}/tfcascade-mp2", "tfcascade", kind, big, layout="sharded",
+          beam_args=MP2)
   # Gated heavy cascades; the ungated one is heavy/tfcascade above.
   for gate in ("100", "10") + (() if quick else ("50",)):
-    for n in ((small, big) if gate != "50" else (big,)):
+    for n in ((small, big) if gate != "50" and not quick else (big,)):
       add(f"heavy/tfcascade-gate{gate}", "tfcascade", "heavy", n,
           layout="sharded", gate=gate, beam_args=DIRECT)
   # Memory: one process, 1 vs 4 threads.
@@ -267,11 +270,15 @@ def main(argv=None):
                       help="rebuild RESULTS.md from results.json")
   args = parser.parse_args(argv)
 
+  results_json, results_md = RESULTS_JSON, RESULTS_MD
+  if args.quick:
+    results_json = results_json.replace(".json", "-quick.json")
+    results_md = results_md.replace(".md", "-quick.md")
   if args.report_only:
-    with open(RESULTS_JSON) as f:
+    with open(results_json) as f:
       data = json.load(f)
-    report.write(data, RESULTS_MD)
-    print(f"wrote {RESULTS_MD}")
+    report.write(data, results_md)
+    print(f"wrote {results_md}")
     return
 
   reps = args.reps or (1 if args.quick else 3)
@@ -348,14 +355,14 @@ def main(argv=None):
         if not check.get("ok"):
           log(f"  OUTPUT CHECK FAILED: {check}")
       data["elapsed_s"] = time.time() - started
-      with open(RESULTS_JSON, "w") as f:
+      with open(results_json, "w") as f:
         json.dump(data, f, indent=1)
     data["reps_done"] = rep + 1
   data["elapsed_s"] = time.time() - started
-  with open(RESULTS_JSON, "w") as f:
+  with open(results_json, "w") as f:
     json.dump(data, f, indent=1)
-  report.write(data, RESULTS_MD)
-  log(f"wrote {RESULTS_JSON} and {RESULTS_MD}")
+  report.write(data, results_md)
+  log(f"wrote {results_json} and {results_md}")
   print(report.headline(data))
 
 

@@ -128,7 +128,12 @@ class JobConfig(_Model):
           fill_value=s.fill_value))
     session = SessionSpec(self.session.intra_op_threads,
                           self.session.inter_op_threads, self.session.device)
-    return CascadeSpec(features, tuple(stages), session)
+    # Required declared features pass through from the in-graph parse: same
+    # values, no Python re-parse. Optional ones (a default would be invented
+    # for records lacking them) and undeclared ones are copied raw.
+    parsed = tuple(n for n in self.output.passthrough
+                   if n in self.input.features and self.input.features[n].default is None)
+    return CascadeSpec(features, tuple(stages), session, parsed)
 
   @property
   def input_patterns(self) -> List[str]:

@@ -378,3 +378,22 @@ def test_range_arguments_are_checked(plain):
     _read_all(plain, chunk_size=0)
   with pytest.raises(ValueError, match="byte range"):
     _read_all(plain, start_offset=32, end_offset=16)
+
+
+@pytest.mark.parametrize("options", [None, "GZIP"])
+def test_count_records_walks_framing_and_finds_truncation(tmp_path, options):
+  path = str(tmp_path / "f.tfrecord")
+  with tf.io.TFRecordWriter(path, options) as w:
+    for i in range(57):
+      w.write(b"x" * i)
+  assert fr.count_records(path) == 57
+  if options is None:
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+      f.write(data[:-3])
+    with pytest.raises(fr.CorruptRecordError, match="truncated"):
+      fr.count_records(path)
+    with open(path, "wb") as f:
+      f.write(data[:20] + bytes([data[20] ^ 1]) + data[21:])  # record 1's length
+    with pytest.raises(fr.CorruptRecordError, match="length CRC mismatch"):
+      fr.count_records(path)

@@ -35,10 +35,10 @@ def encode_tfrecord(outputs: Dict[str, np.ndarray], records: Sequence[bytes],
   """Framed `tf.train.Example`s: passthrough features + `<stage>/<output>`.
 
   Args:
-    outputs: engine output name -> [rows, ...] array.
-    records: the rows' input records, aligned with `outputs` (passthrough
-      features are copied from them byte for byte).
-    passthrough: feature names copied unchanged from the input.
+    outputs: feature name -> [rows, ...] array: `<stage>/<output>` columns and
+      passthrough features the engine parsed.
+    records: the rows' input records, aligned with `outputs`.
+    passthrough: feature names copied byte for byte from `records`.
   """
   raw = None
   if passthrough:
@@ -51,22 +51,26 @@ def encode_tfrecord(outputs: Dict[str, np.ndarray], records: Sequence[bytes],
                                                      raw_features=raw))
 
 
+def _json_bytes(value: bytes):
+  try:
+    return value.decode("utf-8")
+  except UnicodeDecodeError:
+    return {"b64": base64.b64encode(value).decode("ascii")}
+
+
 def _json_value(feature) -> list:
   kind = feature.WhichOneof("kind")
   if kind == "bytes_list":
-    out = []
-    for b in feature.bytes_list.value:
-      try:
-        out.append(b.decode("utf-8"))
-      except UnicodeDecodeError:
-        out.append({"b64": base64.b64encode(b).decode("ascii")})
-    return out
+    return [_json_bytes(b) for b in feature.bytes_list.value]
   return list(getattr(feature, kind).value) if kind else []
 
 
 def encode_jsonl(outputs: Dict[str, np.ndarray], records: Sequence[bytes],
                  passthrough: Sequence[str]) -> bytes:
-  """One JSON object per row: passthrough values (as lists) and outputs."""
+  """One JSON object per row: passthrough values and outputs, as lists.
+
+  Args: as for encode_tfrecord.
+  """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top; workers have TF loaded
   lines: List[str] = []
   for row, record in enumerate(records):
@@ -77,7 +81,8 @@ def encode_jsonl(outputs: Dict[str, np.ndarray], records: Sequence[bytes],
         if name in features:
           obj[name] = _json_value(features[name])
     for name, value in outputs.items():
-      obj[name] = np.asarray(value[row]).reshape(-1).tolist()
+      values = np.asarray(value[row]).reshape(-1).tolist()
+      obj[name] = [_json_bytes(v) if isinstance(v, bytes) else v for v in values]
     lines.append(json.dumps(obj, separators=(",", ":")))
   return ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
 

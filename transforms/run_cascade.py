@@ -73,7 +73,9 @@ class _CascadeDoFn(beam.DoFn):
     self._spec = spec
     self._shared = shared_handle
     self._encode = ENCODERS[output_format]
-    self._passthrough = tuple(passthrough)
+    # Passthrough features the engine does not return parsed are copied from
+    # the raw records.
+    self._raw_passthrough = tuple(n for n in passthrough if n not in spec.passthrough)
     self._reject_non_finite = reject_non_finite
     self._tag = hashlib.sha256(pickle.dumps(spec)).hexdigest()
     self._engine = None
@@ -109,7 +111,7 @@ class _CascadeDoFn(beam.DoFn):
     records = [r for _, r in chunk.records]
     yield beam.pvalue.TaggedOutput(COUNTS_TAG, ("records_read", len(records)))
     dead: List[Tuple[int, str]] = []
-    for positions, outputs, rows_run in self._run_isolating(
+    for positions, outputs, parsed, rows_run in self._run_isolating(
         records, np.arange(len(records)), dead):
       for stage, n in rows_run.items():
         yield beam.pvalue.TaggedOutput(COUNTS_TAG, (f"rows_in/{stage}", len(positions)))
@@ -117,8 +119,9 @@ class _CascadeDoFn(beam.DoFn):
       keep = (self._finite_rows(outputs, positions, dead) if self._reject_non_finite
               else np.ones(len(positions), dtype=bool))
       if keep.any():
-        yield self._encode({k: v[keep] for k, v in outputs.items()},
-                           [records[p] for p in positions[keep]], self._passthrough)
+        columns = {k: v[keep] for k, v in {**parsed, **outputs}.items()}
+        yield self._encode(columns, [records[p] for p in positions[keep]],
+                           self._raw_passthrough)
     for position, reason in dead:
       self._dead.inc()
       yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
@@ -127,7 +130,8 @@ class _CascadeDoFn(beam.DoFn):
   def _run_isolating(self, records, positions, dead):
     """Runs a batch; on a parse error, bisects until bad records are alone.
 
-    Yields (positions, per-row outputs, rows run per stage) for the good parts; appends
+    Yields (positions, stage outputs, parsed passthrough features, rows run
+    per stage) for the good parts; appends
     (position, reason) to `dead` for each record that fails on its own.
     """
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -148,19 +152,19 @@ class _CascadeDoFn(beam.DoFn):
       return
     self._batch_size.update(len(positions))
     self._inferences.inc(len(positions))
-    rows_run = {}
-    outputs = {}
+    rows_run, outputs, parsed = {}, {}, {}
     for key, value in result.items():
       if key.endswith("/rows_run"):
-        stage = key[:-len("/rows_run")]
-        rows_run[stage] = int(value)
+        rows_run[key[:-len("/rows_run")]] = int(value)
+      elif key.startswith("passthrough/"):
+        parsed[key[len("passthrough/"):]] = value
       else:
         outputs[key] = value
     for stage, (rows_in, ran) in self._stage_counters.items():
       rows_in.inc(len(positions))
       ran.inc(rows_run[stage])
     self._engine.progress(len(positions), rows_run)
-    yield positions, outputs, rows_run
+    yield positions, outputs, parsed, rows_run
 
   def _finite_rows(self, outputs, positions, dead) -> np.ndarray:
     """A keep-mask; rows with NaN/Inf in any float output become dead letters."""

@@ -155,6 +155,11 @@ def build_cascade_graph(spec: CascadeSpec) -> CascadeGraph:
     parsed = _parse_features(serialized, spec.features)
     batch = tf.shape(serialized, out_type=tf.int64)[0]
     available = {f"features.{name}": t for name, t in parsed.items()}
+    for name in spec.passthrough:
+      if name not in parsed:
+        raise CascadeError(f"passthrough feature '{name}' is not declared under "
+                           f"input.features")
+      fetches[f"passthrough/{name}"] = parsed[name]
     for stage in spec.stages:
       inputs = {key: _resolve(ref, available, stage_order, stage, f"input '{key}' <-")
                 for key, ref in stage.inputs.items()}

@@ -102,16 +102,14 @@ class SessionSpec:
 
 @dataclasses.dataclass(frozen=True)
 class CascadeSpec:
-  """Features to parse, ordered stages (>= 2) and session settings."""
+  """Features to parse, ordered stages (>= 2) and session settings.
+
+  Attributes:
+    passthrough: declared features also returned as parsed
+      ("passthrough/<name>"), so outputs can carry them without re-reading
+      the records in Python.
+  """
   features: Tuple[FeatureSpec, ...]
   stages: Tuple[StageSpec, ...]
   session: SessionSpec = SessionSpec()
-
-  def output_names(self) -> Tuple[str, ...]:
-    """Names of every engine output, "<stage>/<output>" and "<stage>/ran"."""
-    names = []
-    for stage in self.stages:
-      names.extend(f"{stage.name}/{out}" for out in stage.outputs)
-      if stage.run_if:
-        names.append(f"{stage.name}/ran")
-    return tuple(names)
+  passthrough: Tuple[str, ...] = ()
