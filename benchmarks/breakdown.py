@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks import systems  # noqa: E402  (imports TF)
 from transforms import tfrecord_framing as framing  # noqa: E402
+from transforms import example_codec  # noqa: E402
 from transforms.encode import encode_tfrecord  # noqa: E402
 from transforms.engine import CascadeSession  # noqa: E402
 
@@ -63,8 +64,11 @@ def main():
           np.isfinite(v.reshape(len(v), -1)).all(axis=1)
     passes["finite"].append(time.perf_counter() - t)
     t = time.perf_counter()
-    blobs = [encode_tfrecord({k: v for k, v in o.items() if not k.endswith("/rows_run")},
-                             r, ["id"]) for o, r in zip(outs, records)]
+    # `id` copied raw from each record (the path for undeclared passthrough).
+    blobs = [encode_tfrecord(
+        {k: v for k, v in o.items() if not k.endswith("/rows_run")}, len(r),
+        {"id": [example_codec.raw_feature_bytes(x, ["id"]).get("id") for x in r]})
+             for o, r in zip(outs, records)]
     passes["encode"].append(time.perf_counter() - t)
     path = "/tmp/tfcascade-breakdown.tfrecord"
     with open(path, "wb") as f:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import struct
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -30,24 +30,18 @@ def frame_records(records: Sequence[bytes]) -> bytes:
   return b"".join(parts)
 
 
-def encode_tfrecord(outputs: Dict[str, np.ndarray], records: Sequence[bytes],
-                    passthrough: Sequence[str]) -> bytes:
+def encode_tfrecord(columns: Dict[str, np.ndarray], num_rows: int,
+                    raw: Optional[Dict[str, List[Optional[bytes]]]]) -> bytes:
   """Framed `tf.train.Example`s: passthrough features + `<stage>/<output>`.
 
   Args:
-    outputs: feature name -> [rows, ...] array: `<stage>/<output>` columns and
+    columns: feature name -> [rows, ...] array: `<stage>/<output>` columns and
       passthrough features the engine parsed.
-    records: the rows' input records, aligned with `outputs`.
-    passthrough: feature names copied byte for byte from `records`.
+    num_rows: rows to encode.
+    raw: passthrough feature name -> per-row serialized `Feature` bytes copied
+      from the input records (None where a record lacks it), or None.
   """
-  raw = None
-  if passthrough:
-    raw = {name: [] for name in passthrough}
-    for record in records:
-      found = example_codec.raw_feature_bytes(record, passthrough)
-      for name in passthrough:
-        raw[name].append(found.get(name))
-  return frame_records(example_codec.encode_examples(outputs, len(records),
+  return frame_records(example_codec.encode_examples(columns, num_rows,
                                                      raw_features=raw))
 
 
@@ -65,22 +59,20 @@ def _json_value(feature) -> list:
   return list(getattr(feature, kind).value) if kind else []
 
 
-def encode_jsonl(outputs: Dict[str, np.ndarray], records: Sequence[bytes],
-                 passthrough: Sequence[str]) -> bytes:
+def encode_jsonl(columns: Dict[str, np.ndarray], num_rows: int,
+                 raw: Optional[Dict[str, List[Optional[bytes]]]]) -> bytes:
   """One JSON object per row: passthrough values and outputs, as lists.
 
   Args: as for encode_tfrecord.
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top; workers have TF loaded
   lines: List[str] = []
-  for row, record in enumerate(records):
+  for row in range(num_rows):
     obj = {}
-    if passthrough:
-      features = tf.train.Example.FromString(record).features.feature
-      for name in passthrough:
-        if name in features:
-          obj[name] = _json_value(features[name])
-    for name, value in outputs.items():
+    for name, values in (raw or {}).items():
+      if values[row] is not None:
+        obj[name] = _json_value(tf.train.Feature.FromString(values[row]))
+    for name, value in columns.items():
       values = np.asarray(value[row]).reshape(-1).tolist()
       obj[name] = [_json_bytes(v) if isinstance(v, bytes) else v for v in values]
     lines.append(json.dumps(obj, separators=(",", ":")))

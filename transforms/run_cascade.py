@@ -18,6 +18,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.utils import shared
 
+from transforms import example_codec
 from transforms.encode import ENCODERS
 from transforms.read import NAMESPACE, RecordChunk, dead_letter
 
@@ -118,10 +119,10 @@ class _CascadeDoFn(beam.DoFn):
         yield beam.pvalue.TaggedOutput(COUNTS_TAG, (f"rows_run/{stage}", n))
       keep = (self._finite_rows(outputs, positions, dead) if self._reject_non_finite
               else np.ones(len(positions), dtype=bool))
+      raw = self._copy_raw_passthrough(records, positions, keep, dead)
       if keep.any():
         columns = {k: v[keep] for k, v in {**parsed, **outputs}.items()}
-        yield self._encode(columns, [records[p] for p in positions[keep]],
-                           self._raw_passthrough)
+        yield self._encode(columns, int(keep.sum()), raw)
     for position, reason in dead:
       self._dead.inc()
       yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
@@ -165,6 +166,27 @@ class _CascadeDoFn(beam.DoFn):
       ran.inc(rows_run[stage])
     self._engine.progress(len(positions), rows_run)
     yield positions, outputs, parsed, rows_run
+
+  def _copy_raw_passthrough(self, records, positions, keep, dead):
+    """Serialized passthrough Features of the kept rows, copied byte for byte.
+
+    A record TF's parser accepted can still hold a malformed field elsewhere;
+    such a row becomes a dead letter (its `keep` entry is cleared in place).
+    """
+    if not self._raw_passthrough:
+      return None
+    raw = {name: [] for name in self._raw_passthrough}
+    for i in np.flatnonzero(keep):
+      try:
+        found = example_codec.raw_feature_bytes(records[positions[i]],
+                                                self._raw_passthrough)
+      except ValueError as e:
+        keep[i] = False
+        dead.append((int(positions[i]), f"passthrough features cannot be copied: {e}"))
+        continue
+      for name in self._raw_passthrough:
+        raw[name].append(found.get(name))
+    return raw
 
   def _finite_rows(self, outputs, positions, dead) -> np.ndarray:
     """A keep-mask; rows with NaN/Inf in any float output become dead letters."""
