@@ -177,3 +177,17 @@ def test_one_big_file_is_split_over_two_workers(tmp_path):
         covered[first:first + count] += 1
   assert (covered == 1).all()
   assert len(pids) == 2
+
+
+def test_jsonl_copies_raw_passthrough(spec):
+  """`id` is not in spec.passthrough here, so it is copied from the records."""
+  import json  # pylint: disable=g-import-not-at-top
+  records = _records(5, seed=2)
+  dofn = _CascadeDoFn(spec, beam.utils.shared.Shared(), "jsonl", ["id"], True)
+  dofn.setup()
+  blobs = [o for o in dofn.process(RecordChunk("s", list(enumerate(records))))
+           if isinstance(o, bytes)]
+  dofn.teardown()
+  rows = [json.loads(line) for blob in blobs for line in blob.decode().splitlines()]
+  assert [r["id"] for r in rows] == [[f"id-{i}"] for i in range(5)]
+  assert all(len(r["a/logits"]) == 10 for r in rows)
