@@ -8,7 +8,6 @@ was read.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from typing import List, Optional
