@@ -7,6 +7,8 @@ launcher and the workers.
 
 import setuptools
 
+SCIKIT_LEARN = "scikit-learn==1.9.1"
+
 REQUIRES = [
     "apache-beam[gcp]==2.77.0",
     "tensorflow-cpu==2.21.0",
@@ -14,8 +16,6 @@ REQUIRES = [
     "protobuf==6.33.6",
     # C-accelerated CRC32C: checks both CRCs of every TFRecord record cheaply.
     "google-crc32c==1.9.0",
-    # tfrecord2idx index format and a second TFRecord reader (TF-free processes).
-    "tfrecord==1.14.6",
     "pydantic==2.13.4",
     "PyYAML==6.0.3",
 ]
@@ -31,8 +31,24 @@ setuptools.setup(
     install_requires=REQUIRES,
     extras_require={
         # The demo's data set is scikit-learn's bundled 8x8 digits.
-        "demo": ["scikit-learn==1.9.1"],
-        "test": ["pytest==9.2.0", "hypothesis==6.170.17", "psutil==7.2.2"],
+        "demo": [SCIKIT_LEARN],
+        "test": [
+            "pytest==9.2.0", "hypothesis==6.170.17", "psutil==7.2.2",
+            # The demo tests build the demo: `.[test]` alone collects and
+            # runs the whole suite.
+            SCIKIT_LEARN,
+            # The tests' independent second TFRecord reader (and the
+            # tfrecord2idx cross-check). It cannot share a process with
+            # TensorFlow (duplicate protobuf symbols), so it runs only in
+            # TF-free subprocesses; the product never imports it.
+            "tfrecord==1.14.6",
+        ],
+        # The Spark engine (issue 11): the pyspark sdist ships Spark's jars
+        # (bin/spark-class, jars/), so this is also what ci/spark/cluster.sh
+        # starts a standalone master + workers from. Needs Java 17. Only
+        # py4j comes with it (pinned in constraints.txt); pandas is not
+        # pulled in (pyspark warns that pandas 3.x is not fully supported).
+        "spark": ["pyspark==4.3.0"],
     },
     entry_points={"console_scripts": ["tfcascade=pipeline.cli:main"]},
 )

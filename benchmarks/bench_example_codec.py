@@ -1,6 +1,6 @@
 """Benchmark: batch Example encoding (transforms.example_codec) vs protobuf.
 
-The workload is the cascade's output row (DESIGN fact 11): an id (bytes),
+The workload is the cascade's output row (docs/design.md, fact 11): an id (bytes),
 64 + 16 float32 stage outputs and a gate flag (int64), 1024 rows per batch.
 Runs are interleaved and the median CPU time (process_time; every path is
 single-threaded) is reported, because shared machines are noisy.

@@ -1,15 +1,25 @@
-"""Per-row cost of each piece of tfcascade's hot path, without Beam.
+"""Per-row cost of each piece of tfcascade's hot path, without Beam's runner.
 
 Usage: .venv/bin/python -m benchmarks.breakdown [--kind light] [--n 50000]
   [--workdir /tmp/tfcascade-bench/50000_200000]
 
-Runs what one `_CascadeDoFn` does per chunk, piece by piece, on the
-benchmark's data (run `python -m benchmarks.run` first): read TFRecord chunks
-(transforms.tfrecord_framing), score (CascadeSession.run: in-graph parse + A
-+ B), the non-finite check, encode (transforms.encode.encode_tfrecord:
-passthrough extraction + Example encoding + framing) and the read-back count
-that `CountWrittenRecords` does on the written files. Median of 3 passes,
-CPU time of this thread (process_time for the TF call, which uses a pool).
+Runs the job's own per-chunk code on the benchmark's data (run
+`python -m benchmarks.run` first; `--quick` data: --n 20000 --workdir
+/tmp/tfcascade-bench/5000_20000), piece by piece:
+
+  read     transforms.tfrecord_framing.read_record_chunks (framing + 2 CRCs),
+           in chunks of the job's batch_size, as ReadRecordChunks does;
+  score    CascadeSession.run alone (in-graph parse + every stage);
+  dofn     the cascade DoFn's whole `process` per chunk (transforms.run_cascade:
+           score + splitting the outputs + non-finite check + raw passthrough
+           copy + encode), the same DoFn RunCascade runs;
+  dofn-score  the DoFn beyond the engine (dofn minus score);
+  count    transforms.tfrecord_framing.count_records on the written blobs:
+           what CountWrittenRecords does per TFRecord output file (walks the
+           framing, skips the data).
+
+The DoFn is the job's, not a copy, so this measures the current code paths.
+Median of 3 passes, wall and process CPU time (TF's pool threads included).
 """
 
 from __future__ import annotations
@@ -18,24 +28,82 @@ import argparse
 import glob
 import os
 import statistics
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np  # noqa: E402
+from apache_beam.utils import shared  # noqa: E402
 
 from benchmarks import systems  # noqa: E402  (imports TF)
 from transforms import tfrecord_framing as framing  # noqa: E402
-from transforms import example_codec  # noqa: E402
-from transforms.encode import encode_tfrecord  # noqa: E402
 from transforms.engine import CascadeSession  # noqa: E402
+from transforms.read import RecordChunk  # noqa: E402
+from transforms.run_cascade import _CascadeDoFn  # noqa: E402  pylint: disable=protected-access
+
+PIECES = ("read", "score", "dofn", "count")
 
 
-def _spec(workdir, kind, n):
+def _config(workdir, kind, n):
   from pipeline.config import JobConfig  # pylint: disable=g-import-not-at-top
   cfg = systems.tfcascade_config({"workdir": workdir, "kind": kind, "n": n,
                                   "out": "/tmp/tfcascade-breakdown"})
   return JobConfig.model_validate(cfg)
+
+
+class _Clock:
+  """Wall and process-CPU seconds of each timed block, per piece."""
+
+  def __init__(self):
+    self.wall = {k: [] for k in PIECES}
+    self.cpu = {k: [] for k in PIECES}
+
+  def time(self, piece, fn):
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    self.wall[piece].append(time.perf_counter() - wall)
+    self.cpu[piece].append(time.process_time() - cpu)
+    return result
+
+
+def _cascade_dofn(config):
+  """The DoFn RunCascade builds for this config, set up outside a pipeline."""
+  dofn = _CascadeDoFn(config.cascade_spec(), shared.Shared(), config.output.format,
+                      config.output.passthrough, config.dead_letter.non_finite_outputs)
+  dofn.setup()
+  dofn.start_bundle()
+  return dofn
+
+
+def one_pass(clock, config, files, session, dofn, scratch):
+  """Times every piece once over all files; returns the rows processed."""
+  chunks = clock.time("read", lambda: [
+      RecordChunk(f, c) for f in files for c in framing.read_record_chunks(
+          f, compression="none", chunk_size=config.batch_size)])
+  clock.time("score", lambda: [session.run([r for _, r in c.records])
+                               for c in chunks])
+  outputs = clock.time("dofn", lambda: [o for c in chunks for o in dofn.process(c)])
+  with open(scratch, "wb") as f:
+    for blob in outputs:
+      if isinstance(blob, bytes):  # the main output; tagged ones are counts etc.
+        f.write(blob)
+  clock.time("count", lambda: framing.count_records(scratch, compression="none"))
+  return sum(len(c.records) for c in chunks)
+
+
+def report(clock, kind, rows):
+  print(f"{kind}, {rows:,} rows, us/row (median of {len(clock.wall['read'])} "
+        f"passes): wall / process CPU")
+  med = {k: (statistics.median(clock.wall[k]) / rows * 1e6,
+             statistics.median(clock.cpu[k]) / rows * 1e6) for k in PIECES}
+  lines = [(k, *med[k]) for k in PIECES]
+  lines.insert(3, ("dofn-score", med["dofn"][0] - med["score"][0],
+                   med["dofn"][1] - med["score"][1]))
+  for name, wall, cpu in lines:
+    print(f"  {name:10s} {wall:7.2f} / {cpu:7.2f}")
+  total = [med["read"][i] + med["dofn"][i] + med["count"][i] for i in (0, 1)]
+  print(f"  {'total':10s} {total[0]:7.2f} / {total[1]:7.2f}  (read + dofn + count) "
+        f"-> {1e6 / total[0]:,.0f} rows/s wall")
 
 
 def main():
@@ -43,49 +111,23 @@ def main():
   parser.add_argument("--kind", default="light")
   parser.add_argument("--n", type=int, default=50000)
   parser.add_argument("--workdir", default="/tmp/tfcascade-bench/50000_200000")
+  parser.add_argument("--passes", type=int, default=3)
   args = parser.parse_args()
-  config = _spec(args.workdir, args.kind, args.n)
-  session = CascadeSession(config.cascade_spec())
+  config = _config(args.workdir, args.kind, args.n)
   files = sorted(glob.glob(config.input_patterns[0]))
-  passes = {k: [] for k in ("read", "score", "finite", "encode", "count")}
-  for _ in range(3):
-    t = time.perf_counter()
-    chunks = [c for f in files for c in framing.read_record_chunks(
-        f, compression="none", chunk_size=1024)]
-    passes["read"].append(time.perf_counter() - t)
-    records = [[r for _, r in c] for c in chunks]
-    t = time.perf_counter()
-    outs = [session.run(r) for r in records]
-    passes["score"].append(time.perf_counter() - t)
-    t = time.perf_counter()
-    for o in outs:
-      for k, v in o.items():
-        if v.dtype.kind == "f" and v.ndim:
-          np.isfinite(v.reshape(len(v), -1)).all(axis=1)
-    passes["finite"].append(time.perf_counter() - t)
-    t = time.perf_counter()
-    # `id` copied raw from each record (the path for undeclared passthrough).
-    blobs = [encode_tfrecord(
-        {k: v for k, v in o.items() if not k.endswith("/rows_run")}, len(r),
-        {"id": [example_codec.raw_feature_bytes(x, ["id"]).get("id") for x in r]})
-             for o, r in zip(outs, records)]
-    passes["encode"].append(time.perf_counter() - t)
-    path = "/tmp/tfcascade-breakdown.tfrecord"
-    with open(path, "wb") as f:
-      for b in blobs:
-        f.write(b)
-    t = time.perf_counter()
-    sum(len(c) for c in framing.read_record_chunks(path, compression="none"))
-    passes["count"].append(time.perf_counter() - t)
-  n = sum(len(r) for r in records)
-  total = 0.0
-  print(f"{args.kind}, {n:,} rows, us/row (median of 3 passes):")
-  for k, v in passes.items():
-    us = statistics.median(v) / n * 1e6
-    total += us
-    print(f"  {k:8s} {us:7.2f}")
-  print(f"  {'total':8s} {total:7.2f}  -> {1e6 / total:,.0f} rows/s on one thread")
+  if not files:
+    raise SystemExit(f"no data at {config.input_patterns[0]}: run "
+                     f"`python -m benchmarks.run` first")
+  session = CascadeSession(config.cascade_spec())
+  dofn = _cascade_dofn(config)
+  clock = _Clock()
+  with tempfile.TemporaryDirectory(prefix="tfcascade-breakdown-") as tmp:
+    for _ in range(args.passes):
+      rows = one_pass(clock, config, files, session, dofn,
+                      os.path.join(tmp, "written.tfrecord"))
+  dofn.teardown()
   session.close()
+  report(clock, args.kind, rows)
 
 
 if __name__ == "__main__":

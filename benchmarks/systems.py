@@ -46,11 +46,14 @@ tf1 = tf.compat.v1
 BATCH = 1024
 
 
-def _session_config():
-  # The same ConfigProto tfcascade builds for `session: {}` (0 = TF decides).
-  return tf1.ConfigProto(intra_op_parallelism_threads=0,
-                         inter_op_parallelism_threads=0,
-                         allow_soft_placement=True, device_count={"GPU": 0})
+def _session_config(spec):
+  """The ConfigProto tfcascade's engine opens its session with for this run's
+  job config (no `session:` key: TF picks the thread counts, GPUs hidden).
+  Imported from the engine, so the baselines cannot drift from it; built
+  before a system starts its clock."""
+  from pipeline.config import JobConfig  # pylint: disable=g-import-not-at-top
+  from transforms.engine.cascade import session_config  # pylint: disable=g-import-not-at-top
+  return session_config(JobConfig.model_validate(tfcascade_config(spec)).cascade_spec())
 
 
 def _build_pair(x, kind):
@@ -71,12 +74,13 @@ def _save_verify(path, ids, probs, confidence=None, ran=None):
 
 def run_b0(spec):
   x = np.load(w.data_paths(spec["workdir"], spec["n"])["npy"])
+  config = _session_config(spec)
   start = time.perf_counter()  # the numpy load is "no IO": not timed
   graph = tf.Graph()
   with graph.as_default():
     ph = tf1.placeholder(tf.float32, [None, w.FEATURE_DIM])
     confidence, probs, scoped = _build_pair(ph, spec["kind"])
-    sess = tf1.Session(graph=graph, config=_session_config())
+    sess = tf1.Session(graph=graph, config=config)
     w.restore_pair(sess, spec["kind"], spec["workdir"], scoped)
     graph.finalize()
   from tensorflow.core.protobuf import config_pb2  # pylint: disable=g-import-not-at-top
@@ -101,6 +105,7 @@ def run_b0(spec):
 def run_roofline(spec):
   """Big-matmul GFLOP/s in the same session config; also B's layer shape."""
   results = {}
+  config = _session_config(spec)
   graph = tf.Graph()
   with graph.as_default():
     shapes = {"matmul_2048": (2048, 2048, 2048), "b_layer_1024": (BATCH, 1024, 1024)}
@@ -110,7 +115,7 @@ def run_roofline(spec):
       b = tf.Variable(tf.random.normal([k, n], seed=2))
       # Reducing to a scalar keeps the output copy out of the measurement.
       ops[name] = tf.reduce_sum(tf.matmul(a, b))
-    with tf1.Session(graph=graph, config=_session_config()) as sess:
+    with tf1.Session(graph=graph, config=config) as sess:
       sess.run(tf1.global_variables_initializer())
       for name, op in ops.items():
         m, k, n = shapes[name]
@@ -131,6 +136,7 @@ def _parse_spec():
 
 
 def run_tfdata(spec):
+  config = _session_config(spec)
   start = time.perf_counter()
   files = sorted(glob.glob(w.data_paths(spec["workdir"], spec["n"])[spec["layout"]]))
   graph = tf.Graph()
@@ -142,7 +148,7 @@ def run_tfdata(spec):
           .prefetch(tf.data.AUTOTUNE))
     batch = tf1.data.make_one_shot_iterator(ds).get_next()
     confidence, probs, scoped = _build_pair(batch["x"], spec["kind"])
-    sess = tf1.Session(graph=graph, config=_session_config())
+    sess = tf1.Session(graph=graph, config=config)
     w.restore_pair(sess, spec["kind"], spec["workdir"], scoped)
     fetch = [batch["id"], probs, confidence]
   ready = time.perf_counter()
@@ -164,6 +170,7 @@ def run_tfdata(spec):
 def run_naive(spec):
   """The pattern Beam documents for several models: one RunInference per
   model, each ModelHandler loading its own checkpoint into its own session."""
+  config = _session_config(spec)
   start = time.perf_counter()
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
   from apache_beam.ml.inference.base import (  # pylint: disable=g-import-not-at-top
@@ -173,14 +180,15 @@ def run_naive(spec):
   class CheckpointHandler(ModelHandler):
     """A TF1 meta graph + checkpoint, fed a dict of numpy arrays per row."""
 
-    def __init__(self, directory, feeds, fetches):
+    def __init__(self, directory, feeds, fetches, session_config):
       self._dir, self._feeds, self._fetches = directory, feeds, fetches
+      self._config = session_config
 
     def load_model(self):
       graph = tf.Graph()
       with graph.as_default():
         saver = tf1.train.import_meta_graph(os.path.join(self._dir, "model.meta"))
-        sess = tf1.Session(graph=graph, config=_session_config())
+        sess = tf1.Session(graph=graph, config=self._config)
         saver.restore(sess, tf.train.latest_checkpoint(self._dir))
       return sess
 
@@ -197,10 +205,10 @@ def run_naive(spec):
   kind, workdir = spec["kind"], spec["workdir"]
   handler_a = KeyedModelHandler(CheckpointHandler(
       w.model_dir(workdir, kind, "a"), {"x": "input:0"},
-      {"logits": "logits:0", "confidence": "confidence:0"}))
+      {"logits": "logits:0", "confidence": "confidence:0"}, config))
   handler_b = KeyedModelHandler(CheckpointHandler(
       w.model_dir(workdir, kind, "b"), {"logits": "input:0", "x": "pixels:0"},
-      {"probs": "probs:0"}))
+      {"probs": "probs:0"}, config))
 
   def parse(record):
     f = tf.train.Example.FromString(record).features.feature

@@ -4,7 +4,7 @@ Models are saved the way separately trained models arrive: each from its own
 graph by its own Saver, as a checkpoint plus a `.meta` file, with clashing
 variable names (`dense/kernel` in both A and B). The same builder functions
 rebuild them under a scope for the hand-written baselines (B0, tf.data), which
-restore with `Saver(var_list={checkpoint name: variable})` (DESIGN fact 2).
+restore with `Saver(var_list={checkpoint name: variable})` (docs/design.md, fact 2).
 
 Everything is deterministic (fixed seeds), so every run of every system sees
 the same bytes and the same weights.
@@ -120,7 +120,7 @@ def model_dir(workdir, kind, role):
 
 
 def restore_pair(sess, kind, workdir, scoped_vars):
-  """Restores scope-built A and B from their own checkpoints (fact 2).
+  """Restores scope-built A and B from their own checkpoints (docs/design.md, fact 2).
 
   Args:
     scoped_vars: role -> (scope, variables built under it).

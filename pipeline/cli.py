@@ -1,8 +1,8 @@
 """The `tfcascade` command line: run, validate, inspect, demo.
 
-Exit codes: 0 success; 1 the run failed or records did not add up; 2 the
-config, inputs, checkpoints or output directory were refused before any data
-was read.
+Exit codes (pipeline/exit_codes.py): 0 success; 1 the run failed or records
+did not add up; 2 the config, inputs, checkpoints or output directory were
+refused before any data was read.
 """
 
 from __future__ import annotations
@@ -11,9 +11,6 @@ import argparse
 import logging
 import sys
 from typing import List, Optional
-
-EXIT_FAILED = 1
-EXIT_REFUSED = 2
 
 _EPILOG = """\
 examples:

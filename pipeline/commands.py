@@ -6,16 +6,17 @@ import json
 import logging
 import sys
 
-from pipeline import outputs
-from pipeline.cli import EXIT_FAILED, EXIT_REFUSED
+from pipeline import exit_codes
 from pipeline.config import ConfigError, load_config
+from pipeline.summary_text import format_summary
+from transforms import publish
 
 _LOG = logging.getLogger("tfcascade")
 
 
 def _refused(message: str) -> int:
   print(f"tfcascade: error: {message}", file=sys.stderr)
-  return EXIT_REFUSED
+  return exit_codes.REFUSED
 
 
 def _load_and_check(args):
@@ -75,18 +76,18 @@ def run(args, beam_args) -> int:
     return _refused(problem)
   try:
     summary = job.run(config, beam_args, overwrite=args.overwrite, pre=pre)
-  except outputs.OutputExistsError as e:
+  except publish.OutputExistsError as e:
     return _refused(str(e))
   except Exception as e:  # the pipeline failed on a worker; name it plainly
     print(f"tfcascade: run FAILED: {_root_cause(e)}", file=sys.stderr)
-    return EXIT_FAILED
+    return exit_codes.FAILED
   if summary is None:
     print(f"job submitted without waiting (template or dry run); its last step "
-          f"checks the counts and writes {outputs.SUCCESS} under "
+          f"checks the counts and writes {publish.SUCCESS} under "
           f"{config.output_path} when it completes")
-    return 0
+    return exit_codes.OK
   print(format_summary(summary))
-  return 0
+  return exit_codes.OK
 
 
 def _root_cause(error: BaseException) -> str:
@@ -100,23 +101,6 @@ def _root_cause(error: BaseException) -> str:
   return lines[-1] if lines else repr(error)
 
 
-def format_summary(summary: dict) -> str:
-  """A few readable lines for the end of a run."""
-  lines = [
-      f"records read {summary['records_read']:,}, written "
-      f"{summary['records_written']:,}, dead-lettered "
-      f"{summary['records_dead_lettered']:,} "
-      f"({'all accounted for' if summary['accounted'] else 'MISMATCH'}) in "
-      f"{summary['wall_seconds']:.1f} s on {summary['runner']}"]
-  for name, stage in summary["stages"].items():
-    share = stage["rows_run"] / stage["rows_in"] if stage["rows_in"] else 0.0
-    lines.append(f"  stage {name}: ran on {stage['rows_run']:,} of "
-                 f"{stage['rows_in']:,} rows ({share:.1%})")
-  if summary["files_quarantined"]:
-    lines.append(f"  quarantined files: {', '.join(summary['files_quarantined'])}")
-  return "\n".join(lines)
-
-
 def validate(args, _) -> int:
   """`tfcascade validate`: every fail-fast check plus a sample scored."""
   config, pre, problem = _load_and_check(args)
@@ -127,31 +111,30 @@ def validate(args, _) -> int:
     if problem:
       return _refused(problem)
   print("config OK")
-  return 0
+  return exit_codes.OK
 
 
 def _score_sample(config, pre, n):
   """Scores the first n records of the first non-empty input file."""
+  from pipeline.inspection import read_records  # pylint: disable=g-import-not-at-top
   from transforms import tfrecord_framing as framing  # pylint: disable=g-import-not-at-top
   from transforms.engine import CascadeSession  # pylint: disable=g-import-not-at-top
-  from transforms.read import open_raw  # pylint: disable=g-import-not-at-top
   path, compression, _ = next(((p, c, s) for p, c, s in pre.files if s), (None, None, 0))
   if path is None:
     return None
   try:
-    chunk = next(iter(framing.read_record_chunks(
-        path, compression=compression, chunk_size=n,
-        max_record_bytes=config.input.max_record_bytes, open_fn=open_raw)), [])
+    records = list(read_records(path, compression=compression, limit=n,
+                                max_record_bytes=config.input.max_record_bytes))
   except framing.CorruptRecordError as e:
     return str(e)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   with CascadeSession(config.cascade_spec()) as session:
     try:
-      out = session.run([r for _, r in chunk])
+      out = session.run(records)
     except tf.errors.InvalidArgumentError as e:
       return (f"sample records of {path} do not parse with input.features: "
               f"{e.message.splitlines()[0]}")
-  print(f"sample: scored {len(chunk)} records of {path} in "
+  print(f"sample: scored {len(records)} records of {path} in "
         f"{session.load_seconds:.2f} s load; outputs "
         + ", ".join(f"{k}{list(v.shape)}" for k, v in out.items() if "/rows_run" not in k))
   return None
@@ -164,7 +147,7 @@ def inspect(args, _) -> int:
     print(inspection.describe(args.path, label=args.label))
   except inspection.InspectError as e:
     return _refused(str(e))
-  return 0
+  return exit_codes.OK
 
 
 def demo(args, _) -> int:
@@ -175,4 +158,4 @@ def demo(args, _) -> int:
     return _refused(f"the demo needs scikit-learn (pip install '.[demo]'): {e}")
   report = build_demo(args.out, records=args.records, shards=args.shards, seed=args.seed)
   print(json.dumps(report, indent=2, default=str))
-  return 0
+  return exit_codes.OK

@@ -17,8 +17,11 @@ from typing import Dict, List, Literal, Optional, Sequence, Tuple, Union
 import pydantic
 import yaml
 
-from transforms.engine.spec import (CascadeSpec, FeatureSpec, ModelSource,
+from transforms.encode import ENCODERS
+from transforms.engine.spec import (DEVICES, FEATURE_DTYPES, SOURCE_TYPES,
+                                    CascadeSpec, FeatureSpec, ModelSource,
                                     SessionSpec, StageSpec)
+from transforms.tfrecord_framing import COMPRESSIONS, DEFAULT_MAX_RECORD_BYTES
 
 
 class ConfigError(ValueError):
@@ -30,16 +33,16 @@ class _Model(pydantic.BaseModel):
 
 
 class Feature(_Model):
-  dtype: Literal["float32", "int64", "string"]
+  dtype: Literal[FEATURE_DTYPES]
   shape: Tuple[pydantic.NonNegativeInt, ...] = ()
   default: Optional[Union[float, int, str, List[Union[float, int, str]]]] = None
 
 
 class Input(_Model):
   pattern: Union[str, List[str]]
-  compression: Literal["auto", "none", "gzip"] = "auto"
+  compression: Literal[COMPRESSIONS] = "auto"
   on_corrupt: Literal["fail", "quarantine"] = "fail"
-  max_record_bytes: pydantic.PositiveInt = 64 << 20
+  max_record_bytes: pydantic.PositiveInt = DEFAULT_MAX_RECORD_BYTES
   # Uncompressed files larger than this are read by several workers in byte
   # ranges (record boundaries from a tfrecord2idx `.idx` file or a scan).
   split_bytes: pydantic.PositiveInt = 256 << 20
@@ -53,6 +56,7 @@ class Input(_Model):
 class Stage(_Model):
   name: str = pydantic.Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
   checkpoint: Optional[str] = None
+  # One field per entry of SOURCE_TYPES, holding that source's ref; give one.
   meta_graph: Optional[str] = None
   builder: Optional[str] = pydantic.Field(default=None, pattern=r"^[\w.]+:\w+$")
   saved_model: Optional[str] = None
@@ -64,11 +68,16 @@ class Stage(_Model):
   run_if: Optional[str] = None
   fill_value: float = 0.0
 
+  @property
+  def source_types(self) -> List[str]:
+    """The source types given (a valid stage has exactly one)."""
+    return [t for t in SOURCE_TYPES if getattr(self, t)]
+
   @pydantic.model_validator(mode="after")
   def _one_source(self):
-    given = [k for k in ("meta_graph", "builder", "saved_model") if getattr(self, k)]
+    given = self.source_types
     if len(given) != 1:
-      raise ValueError(f"give exactly one of meta_graph, builder, saved_model "
+      raise ValueError(f"give exactly one of {', '.join(SOURCE_TYPES)} "
                        f"(got {given or 'none'})")
     if not self.saved_model and not self.checkpoint:
       raise ValueError("checkpoint is required (a prefix or a directory)")
@@ -79,7 +88,7 @@ class Stage(_Model):
 
 class Output(_Model):
   path: str
-  format: Literal["tfrecord", "jsonl"] = "tfrecord"
+  format: Literal[tuple(ENCODERS)] = "tfrecord"
   compression: Literal["none", "gzip"] = "none"
   passthrough: Tuple[str, ...] = ()
   num_shards: pydantic.NonNegativeInt = 0  # 0: the runner decides
@@ -88,7 +97,7 @@ class Output(_Model):
 class Session(_Model):
   intra_op_threads: pydantic.NonNegativeInt = 0
   inter_op_threads: pydantic.NonNegativeInt = 0
-  device: Literal["cpu", "gpu"] = "cpu"
+  device: Literal[DEVICES] = "cpu"
 
 
 class DeadLetter(_Model):
@@ -120,9 +129,11 @@ class JobConfig(_Model):
                      for name, f in self.input.features.items())
     stages = []
     for s in self.stages:
-      kind = next(k for k in ("meta_graph", "builder", "saved_model") if getattr(s, k))
+      source_type = s.source_types[0]
       stages.append(StageSpec(
-          name=s.name, source=ModelSource(kind, getattr(s, kind), tuple(s.tags), s.signature),
+          name=s.name,
+          source=ModelSource(source_type, getattr(s, source_type), tuple(s.tags),
+                             s.signature),
           checkpoint=s.checkpoint or "", scope=s.scope or s.name,
           inputs=dict(s.inputs), outputs=dict(s.outputs), run_if=s.run_if,
           fill_value=s.fill_value))

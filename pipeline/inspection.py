@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import os
-from typing import Dict, List
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 
-from pipeline import outputs
+from pipeline.summary_text import format_summary
+from transforms import publish
+from transforms.engine.spec import LIST_KIND_DTYPES
 
 _SCHEMA_SAMPLE = 1000
 
@@ -21,8 +24,8 @@ class InspectError(ValueError):
 def describe(path: str, label: str = "label") -> str:
   """Returns a human-readable description of `path`."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  if tf.io.gfile.exists(os.path.join(path, outputs.SUMMARY)) or tf.io.gfile.glob(
-      os.path.join(path, outputs.PREDICTIONS + "-*")):
+  if tf.io.gfile.exists(os.path.join(path, publish.SUMMARY)) or tf.io.gfile.glob(
+      os.path.join(path, publish.PREDICTIONS + "-*")):
     return describe_output(path, label)
   if tf.io.gfile.exists(path + ".index") or (
       tf.io.gfile.isdir(path) and tf.io.gfile.glob(os.path.join(path, "*.index"))):
@@ -47,12 +50,29 @@ def describe_checkpoint(path: str) -> str:
   return "\n".join(lines)
 
 
-def _read_all(path: str):
+def read_records(path: str, *, compression: str = "auto", limit: Optional[int] = None,
+                 max_record_bytes: Optional[int] = None) -> Iterator[bytes]:
+  """The records of one TFRecord file (the first `limit`), every CRC checked.
+
+  Shared by `inspect` and `validate`'s sample; any Beam FileSystems path.
+
+  Raises:
+    transforms.tfrecord_framing.CorruptRecordError: damaged framing.
+  """
+  from transforms import tfrecord_framing as framing  # pylint: disable=g-import-not-at-top
+  from transforms.read import open_raw  # pylint: disable=g-import-not-at-top
+  chunks = framing.read_record_chunks(
+      path, compression=compression, chunk_size=min(limit or 1024, 1024),
+      max_record_bytes=max_record_bytes or framing.DEFAULT_MAX_RECORD_BYTES,
+      open_fn=open_raw)
+  records = (record for chunk in chunks for _, record in chunk)
+  return itertools.islice(records, limit)
+
+
+def _read_all(path: str) -> Iterator[bytes]:
   from transforms import tfrecord_framing as framing  # pylint: disable=g-import-not-at-top
   try:
-    for chunk in framing.read_record_chunks(path, compression="auto"):
-      for _, record in chunk:
-        yield record
+    yield from read_records(path)
   except framing.CorruptRecordError as e:
     raise InspectError(str(e)) from e
 
@@ -60,7 +80,7 @@ def _read_all(path: str):
 def describe_tfrecords(files: List[str]) -> str:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   lines, total = [], 0
-  kinds: Dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+  list_kinds: Dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
   lengths: Dict[str, set] = collections.defaultdict(set)
   sampled = 0
   for path in files:
@@ -72,23 +92,22 @@ def describe_tfrecords(files: List[str]) -> str:
         try:
           example = tf.train.Example.FromString(record)
         except Exception:  # a record that is not an Example: say so, go on
-          kinds["<not a tf.train.Example>"]["bytes"] += 1
+          list_kinds["<not a tf.train.Example>"]["bytes"] += 1
           continue
         for name, feature in example.features.feature.items():
-          kind = feature.WhichOneof("kind") or "empty"
-          kinds[name][kind] += 1
-          lengths[name].add(len(getattr(feature, kind).value) if kind != "empty" else 0)
+          list_kind = feature.WhichOneof("kind") or "empty"
+          list_kinds[name][list_kind] += 1
+          lengths[name].add(len(getattr(feature, list_kind).value) if list_kind != "empty" else 0)
     total += count
     lines.append(f"  {path}: {count:,} records")
-  dtype = {"float_list": "float32", "int64_list": "int64", "bytes_list": "string"}
   lines.insert(0, f"{len(files)} file(s), {total:,} records")
   lines.append(f"inferred features (from the first {sampled:,} records):")
-  for name in sorted(kinds):
-    kind = kinds[name].most_common(1)[0][0]
+  for name in sorted(list_kinds):
+    list_kind = list_kinds[name].most_common(1)[0][0]
     seen = sorted(lengths[name])
     shape = ([] if seen == [1] else [seen[0]]) if len(seen) == 1 else f"varying {seen[0]}..{seen[-1]}"
-    present = sum(kinds[name].values())
-    lines.append(f"  {name}: {{dtype: {dtype.get(kind, kind)}, shape: {shape}}}"
+    present = sum(list_kinds[name].values())
+    lines.append(f"  {name}: {{dtype: {LIST_KIND_DTYPES.get(list_kind, list_kind)}, shape: {shape}}}"
                  + ("" if present == sampled else f"  (present in {present} of {sampled})"))
   return "\n".join(lines)
 
@@ -126,16 +145,15 @@ def describe_output(path: str, label: str) -> str:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   lines = []
   summary = None
-  summary_path = os.path.join(path, outputs.SUMMARY)
+  summary_path = os.path.join(path, publish.SUMMARY)
   if tf.io.gfile.exists(summary_path):
     with tf.io.gfile.GFile(summary_path) as f:
       summary = json.load(f)
-    from pipeline.commands import format_summary  # pylint: disable=g-import-not-at-top
     lines.append(format_summary(summary))
-  complete = tf.io.gfile.exists(os.path.join(path, outputs.SUCCESS))
-  lines.append(f"complete ({outputs.SUCCESS} present)" if complete
-               else f"INCOMPLETE: no {outputs.SUCCESS}")
-  files = sorted(tf.io.gfile.glob(os.path.join(path, outputs.PREDICTIONS + "-*.tfrecord*")))
+  complete = tf.io.gfile.exists(os.path.join(path, publish.SUCCESS))
+  lines.append(f"complete ({publish.SUCCESS} present)" if complete
+               else f"INCOMPLETE: no {publish.SUCCESS}")
+  files = sorted(tf.io.gfile.glob(os.path.join(path, publish.PREDICTIONS + "-*.tfrecord*")))
   if not files:
     return "\n".join(lines)
   columns = collections.defaultdict(list)

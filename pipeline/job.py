@@ -18,8 +18,8 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline import outputs
 from pipeline.config import JobConfig
+from transforms import publish
 from transforms import tfrecord_framing as framing
 from transforms.engine import build_cascade_graph
 from transforms.read import QUARANTINE_TAG, ReadRecordChunks, open_raw
@@ -32,10 +32,6 @@ DEFAULT_RUNNER = "DirectRunner"
 
 class PreflightError(RuntimeError):
   """A problem found before any data is processed; names the culprit."""
-
-
-class AccountingError(RuntimeError):
-  """Records read != written + dead-lettered: the run is not complete."""
 
 
 @dataclasses.dataclass
@@ -93,11 +89,13 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig,
                    info: dict) -> None:
   """Adds the whole job to `p`: it writes under `staging`, then publishes.
 
+  read -> score -> write predictions / dead letters -> count -> publish.
+
   Args:
     p: the pipeline.
     config: the job config.
     files: (path, compression, size) of every input file.
-    staging: the staging directory `outputs.prepare` returned.
+    staging: the staging directory `publish.prepare` returned.
     info: `run_info(...)`, for the summary.
   """
   read = p | "ReadInputs" >> ReadRecordChunks(
@@ -107,28 +105,16 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig,
   scored = read.chunks | "RunCascade" >> RunCascade(
       config.cascade_spec(), config.output.format, config.output.passthrough,
       config.dead_letter.non_finite_outputs)
-
-  fmt = config.output.format
-  suffix = ".tfrecord" if fmt == "tfrecord" else ".jsonl"
-  if config.output.compression == "gzip":
-    suffix += ".gz"
-  predictions = scored.blobs | "WritePredictions" >> WriteBlobs(
-      outputs.join(staging, outputs.PREDICTIONS), suffix,
-      config.output.num_shards, config.output.compression)
-
-  dead = ((scored[DEAD_LETTER_TAG], read[QUARANTINE_TAG])
-          | "AllDeadLetters" >> beam.Flatten()
-          | "DeadLetterJson" >> beam.Map(
-              lambda d: (json.dumps(d, sort_keys=True) + "\n").encode("utf-8")))
-  dead_files = dead | "WriteDeadLetters" >> WriteBlobs(
-      outputs.join(staging, outputs.DEAD_LETTER_DIR, "dead_letter"), ".jsonl")
+  prediction_files = _write_predictions(scored.blobs, config, staging)
+  dead_letter_files = _write_dead_letters(
+      (scored[DEAD_LETTER_TAG], read[QUARANTINE_TAG]), staging)
   quarantined = (read[QUARANTINE_TAG]
                  | "QuarantinedFiles" >> beam.Map(lambda d: (f"quarantined:{d['source']}", 1)))
-
   counts = (
       (scored[COUNTS_TAG],
-       predictions | "CountWritten" >> CountWrittenRecords(fmt, "records_written"),
-       dead_files | "CountDeadLettered" >> CountWrittenRecords(
+       prediction_files | "CountWritten" >> CountWrittenRecords(
+           config.output.format, "records_written"),
+       dead_letter_files | "CountDeadLettered" >> CountWrittenRecords(
            "dead_letter", "records_dead_lettered_written"),
        quarantined)
       | "AllCounts" >> beam.Flatten()
@@ -137,7 +123,27 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig,
   # The last step publishes, so a run the launcher does not wait for (a
   # Dataflow Flex Template, --template_location) still ends complete.
   _ = counts | "PublishOutput" >> beam.Map(
-      finalize, config.output_path, staging, info)
+      publish.finalize, config.output_path, staging, info)
+
+
+def _write_predictions(blobs, config: JobConfig, staging: str):
+  """Encoded prediction blobs -> staged shards; returns their file names."""
+  suffix = ".tfrecord" if config.output.format == "tfrecord" else ".jsonl"
+  if config.output.compression == "gzip":
+    suffix += ".gz"
+  return blobs | "WritePredictions" >> WriteBlobs(
+      publish.join(staging, publish.PREDICTIONS), suffix,
+      config.output.num_shards, config.output.compression)
+
+
+def _write_dead_letters(dead_letter_pcolls, staging: str):
+  """Dead-letter dicts (records and quarantined file tails) -> staged JSONL."""
+  return (dead_letter_pcolls
+          | "AllDeadLetters" >> beam.Flatten()
+          | "DeadLetterJson" >> beam.Map(
+              lambda d: (json.dumps(d, sort_keys=True) + "\n").encode("utf-8"))
+          | "WriteDeadLetters" >> WriteBlobs(
+              publish.join(staging, publish.DEAD_LETTER_DIR, "dead_letter"), ".jsonl"))
 
 
 def run_info(config: JobConfig, plan, runner: str) -> dict:
@@ -153,51 +159,6 @@ def run_info(config: JobConfig, plan, runner: str) -> dict:
                   "checkpoint": p.checkpoint, "fingerprint": p.fingerprint,
                   "global_step": p.global_step} for p in plan],
   }
-
-
-def summarize(counts: Dict[str, int], info: dict) -> dict:
-  """The run_summary.json contents, from the counts of what was written."""
-  read = counts.get("records_read", 0)
-  written = counts.get("records_written", 0)
-  dead = counts.get("records_dead_lettered_written", 0)
-  stages = {}
-  for stage in info["stages"]:
-    name = stage["name"]
-    stages[name] = {"rows_in": counts.get(f"rows_in/{name}", 0),
-                    "rows_run": counts.get(f"rows_run/{name}", 0),
-                    **{k: v for k, v in stage.items() if k != "name"}}
-  return {
-      "records_read": read,
-      "records_written": written,
-      "records_dead_lettered": dead,
-      "accounted": read == written + dead,
-      "files_quarantined": sorted(k.split(":", 1)[1] for k in counts
-                                  if k.startswith("quarantined:")),
-      "stages": stages,
-      "runner": info["runner"],
-      "started_at": info["started_at"],
-      "wall_seconds": round(time.time() - info["start_epoch"], 3),
-      "output_format": info["output_format"],
-      "run_date": info["run_date"],
-  }
-
-
-def finalize(counts: Dict[str, int], output_path: str, staging: str, info: dict):
-  """Checks the accounting and publishes the output (the pipeline's last step).
-
-  Raises:
-    AccountingError: records do not add up; everything stays in staging, with
-      the summary, and no _SUCCESS is written.
-  """
-  summary = summarize(counts, info)
-  if not summary["accounted"]:
-    outputs.write_json(outputs.join(staging, outputs.SUMMARY), summary)
-    raise AccountingError(
-        f"records_read {summary['records_read']} != records_written "
-        f"{summary['records_written']} + records_dead_lettered "
-        f"{summary['records_dead_lettered']}; output left in {staging}, "
-        f"no {outputs.SUCCESS} written")
-  outputs.publish(output_path, staging, summary)
 
 
 def _counters(result) -> Dict[str, int]:
@@ -246,7 +207,7 @@ def run(config: JobConfig, beam_args: Sequence[str] = (), overwrite: bool = Fals
   if not standard.runner:
     standard.runner = DEFAULT_RUNNER  # never the download-on-first-use default
   output_path = config.output_path
-  staging = outputs.prepare(output_path, overwrite)
+  staging = publish.prepare(output_path, overwrite)
   pipeline = beam.Pipeline(options=options)
   build_pipeline(pipeline, config, pre.files, staging,
                  run_info(config, pre.plan, standard.runner))
@@ -256,11 +217,11 @@ def run(config: JobConfig, beam_args: Sequence[str] = (), overwrite: bool = Fals
   state = result.wait_until_finish()
   if str(state) not in ("DONE", "PipelineState.DONE"):
     raise RuntimeError(f"pipeline ended in state {state}; output left incomplete "
-                       f"(no {outputs.SUCCESS})")
-  summary = outputs.read_summary(output_path)
+                       f"(no {publish.SUCCESS})")
+  summary = publish.read_summary(output_path)
   if summary is None:
     raise RuntimeError(f"the pipeline finished but {output_path} has no "
-                       f"{outputs.SUCCESS}; the output is incomplete")
+                       f"{publish.SUCCESS}; the output is incomplete")
   summary["metrics"] = _counters(result)
-  outputs.write_json(outputs.join(output_path, outputs.METRICS), summary["metrics"])
+  publish.write_json(publish.join(output_path, publish.METRICS), summary["metrics"])
   return summary

@@ -90,7 +90,7 @@ def test_bad_records_are_dead_lettered_and_good_ones_predicted(job, tmp_path):
 
 
 def _framed(records):
-  from transforms.encode import frame_records  # pylint: disable=g-import-not-at-top
+  from transforms.tfrecord_framing import frame_records  # pylint: disable=g-import-not-at-top
   return frame_records(records)
 
 
@@ -209,46 +209,82 @@ def _record_set(out):
   return sorted(json.dumps(r, sort_keys=True) for r in rows)
 
 
+def _staged_prediction_shards(out):
+  """Staged prediction files (under out/_staging, any depth) holding bytes."""
+  found = []
+  for path in glob.glob(str(out / "_staging" / "**" / "*.tfrecord"), recursive=True):
+    try:
+      if os.path.getsize(path) > 0:
+        found.append(path)
+    except OSError:  # moved or removed since the glob
+      pass
+  return found
+
+
+def _kill_while_writing(cmd, out, log):
+  """Starts the run; once a staged prediction shard holds bytes, freezes the
+  process group (SIGSTOP) and looks at the disk. Returns True after killing
+  it mid-write: the shard staged, nothing published, no _SUCCESS, the run
+  alive. False when the run got further first (it then is killed too)."""
+  with open(log, "wb") as log_file:
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+  try:
+    deadline = time.monotonic() + 600
+    while not _staged_prediction_shards(out):
+      if proc.poll() is not None:  # finished before we saw a staged shard
+        assert proc.returncode == 0, log.read_text()[-3000:]
+        return False
+      assert time.monotonic() < deadline, "no staged prediction shard after 600 s"
+      time.sleep(0.05)  # polling; the assertions below are on the frozen run
+    os.killpg(proc.pid, signal.SIGSTOP)
+    # Frozen: nothing changes on disk until the kill below.
+    return (proc.poll() is None and bool(_staged_prediction_shards(out))
+            and not glob.glob(str(out / "predictions-*"))
+            and not (out / "_SUCCESS").exists())
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 @pytest.mark.slow
 def test_sigkill_then_rerun_gives_exactly_the_complete_output(tmp_path):
-  job = make_job(tmp_path / "job", n_records=12000)
-  out = tmp_path / "out"
-  cmd = [sys.executable, "-m", "pipeline", "run", "--config", job["config"],
-         "--set", f"output.path={out}", "--set", "batch_size=50",
-         "--runner=DirectRunner"]
-  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL, start_new_session=True)
-  deadline = time.time() + 120
-  while time.time() < deadline and not glob.glob(str(out / "_staging" / "**" / "*"),
-                                                  recursive=True):
-    time.sleep(0.2)
-  time.sleep(1.0)  # well inside the run: writing has begun
-  assert proc.poll() is None, "the run finished before it could be killed"
-  os.killpg(proc.pid, signal.SIGKILL)
-  proc.wait()
+  # 240+ batches of 50 are still to write when the first one is staged; should
+  # the run nevertheless get past writing first, it is retried 4x larger.
+  for attempt, n_records in enumerate((12000, 48000)):
+    job = make_job(tmp_path / f"job{attempt}", n_records=n_records)
+    out = tmp_path / f"out{attempt}"
+    cmd = [sys.executable, "-m", "pipeline", "run", "--config", job["config"],
+           "--set", f"output.path={out}", "--set", "batch_size=50",
+           "--runner=DirectRunner"]
+    if _kill_while_writing(cmd, out, tmp_path / f"run{attempt}.log"):
+      break
+  else:
+    pytest.fail("the run got past writing before it could be killed, twice")
   assert not (out / "_SUCCESS").exists()
   assert not glob.glob(str(out / "predictions-*"))
   assert main(cmd[3:]) == 0  # the rerun, in-process
   reference = tmp_path / "reference"
   assert main(cmd[3:6] + ["--set", f"output.path={reference}"] + cmd[8:]) == 0
   assert _record_set(out) == _record_set(reference)
-  assert len(_record_set(out)) == 12000
+  assert len(_record_set(out)) == n_records
   assert not (out / "_staging").exists()
 
 
 def test_accounting_mismatch_fails_the_run_without_success(tmp_path):
-  from pipeline import job as job_module, outputs  # pylint: disable=g-import-not-at-top
+  from transforms import publish  # pylint: disable=g-import-not-at-top
   out = str(tmp_path / "out")
-  staging = outputs.prepare(out, overwrite=False)
+  staging = publish.prepare(out, overwrite=False)
   info = {"runner": "DirectRunner", "started_at": "t", "start_epoch": time.time(),
           "output_format": "tfrecord", "run_date": None, "stages": []}
   counts = {"records_read": 5, "records_written": 3, "records_dead_lettered_written": 1}
-  with pytest.raises(job_module.AccountingError,
+  with pytest.raises(publish.AccountingError,
                      match="records_read 5 != records_written 3 \\+ records_dead_lettered 1"):
-    job_module.finalize(counts, out, staging, info)
+    publish.finalize(counts, out, staging, info)
   assert not os.path.exists(os.path.join(out, "_SUCCESS"))
   assert os.path.exists(os.path.join(staging, "run_summary.json"))
   counts["records_dead_lettered_written"] = 2  # now it adds up
-  job_module.finalize(counts, out, staging, info)
+  publish.finalize(counts, out, staging, info)
   assert os.path.exists(os.path.join(out, "_SUCCESS"))
   assert not os.path.exists(staging)

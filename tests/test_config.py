@@ -51,7 +51,7 @@ def test_valid_config_resolves_paths_relative_to_the_file(tmp_path):
   assert [s.name for s in spec.stages] == ["a", "b"]
   assert spec.stages[0].checkpoint == str(tmp_path / "models/a")
   assert spec.stages[1].checkpoint == "gs://bucket/models/b"  # URLs untouched
-  assert spec.stages[1].source.kind == "builder"
+  assert spec.stages[1].source.source_type == "builder"
   assert spec.stages[0].scope == "a"
   assert spec.features[0].shape == (4,)
 

@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-  pytest.importorskip("sklearn")
+  # scikit-learn (the demo's data set) is in the `test` extra: never skipped.
   from pipeline.demo.build import build_demo  # pylint: disable=g-import-not-at-top
   out = tmp_path_factory.mktemp("demo")
   build_demo(str(out), records=3000, shards=2, seed=0)

@@ -14,6 +14,8 @@ from tests import tiny_models as tm
 from transforms.engine import (CascadeError, CascadeSession, CascadeSpec,
                                FeatureSpec, ModelSource, StageSpec,
                                build_cascade_graph)
+from transforms.engine.cascade import _gate_mask
+from transforms.engine.gate import OPERATORS, parse_gate
 
 FEATURES = (FeatureSpec("id", "string"), FeatureSpec("pixels", "float32", (64,)))
 
@@ -76,18 +78,18 @@ def test_meta_graph_cascade_matches_oracle(models):
   assert out["b/rows_run"] == len(pixels)
 
 
-@pytest.mark.parametrize("kind", ["a_ref", "a2"])
-def test_same_names_different_weights_stay_isolated(models, kind):
+@pytest.mark.parametrize("second_model", ["a_ref", "a2"])
+def test_same_names_different_weights_stay_isolated(models, second_model):
   """Two same-architecture checkpoints, same variable names (fact 1)."""
   pixels = _pixels()
   spec = CascadeSpec(FEATURES, (
       meta_stage("first", models["a1"], {"input:0": "features.pixels"}, A_OUT),
-      meta_stage("second", models[kind], {"input:0": "features.pixels"}, A_OUT),
+      meta_stage("second", models[second_model], {"input:0": "features.pixels"}, A_OUT),
   ))
   with CascadeSession(spec) as session:
     out = session.run(tm.make_examples(pixels))
   first = tm.oracle_meta_graph(models["a1"], {"input:0": pixels}, "logits:0")
-  second = tm.oracle_meta_graph(models[kind], {"input:0": pixels}, "logits:0")
+  second = tm.oracle_meta_graph(models[second_model], {"input:0": pixels}, "logits:0")
   assert not np.allclose(first, second)
   np.testing.assert_allclose(out["first/logits"], first, atol=1e-5)
   np.testing.assert_allclose(out["second/logits"], second, atol=1e-5)
@@ -250,6 +252,18 @@ def test_forward_reference_and_unknown_refs(models):
   assert "features.nosuch" in _error(CascadeSpec(FEATURES, (spec.stages[0], b)))
   b = StageSpec(**{**spec.stages[1].__dict__, "run_if": "a.logits < 1"})
   assert "per-row scalar" in _error(CascadeSpec(FEATURES, (spec.stages[0], b)))
+
+
+@pytest.mark.parametrize("op", sorted(OPERATORS))
+def test_every_gate_operator_compares_like_numpy(op):
+  """The in-graph comparison named by OPERATORS, for each operator symbol."""
+  values = np.array([-1.0, 0.0, 0.5, 0.5, 2.0], np.float32)
+  gate = parse_gate(f"a.x {op} 0.5")
+  assert gate.op == op
+  stage = StageSpec("b", ModelSource("builder", "m:f"), "", "b", {}, {})
+  with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
+    mask = sess.run(_gate_mask(gate, tf.constant(values), stage))
+  np.testing.assert_array_equal(mask, getattr(np, OPERATORS[op])(values, 0.5))
 
 
 def test_gate_grammar_rejects_code(models):

@@ -23,23 +23,25 @@ _NAMES = st.text(min_size=0, max_size=8)
 
 @st.composite
 def _column(draw, n):
-  """(kind, values) for one feature of n rows."""
-  kind = draw(st.sampled_from(
+  """(column_type, values) for one feature of n rows."""
+  column_type = draw(st.sampled_from(
       ["float32", "float64", "int64", "int32", "bool", "bytes", "str",
        "bytes_lists"]))
   shape = (n,) + draw(st.sampled_from([(), (0,), (1,), (3,), (2, 2)]))
-  if kind in ("float32", "float64"):
-    return kind, draw(hnp.arrays(kind, shape, elements=st.floats(
+  if column_type in ("float32", "float64"):
+    return column_type, draw(hnp.arrays(column_type, shape, elements=st.floats(
         width=32, allow_nan=True, allow_infinity=True)))
-  if kind == "int64":
-    return kind, draw(hnp.arrays(np.int64, shape, elements=_INT64))
-  if kind in ("int32", "bool"):
-    return kind, draw(hnp.arrays(kind, shape))
-  if kind == "bytes":
-    return kind, draw(st.lists(st.binary(max_size=200), min_size=n, max_size=n))
-  if kind == "str":  # unicode ids, stored as UTF-8
-    return kind, draw(st.lists(st.text(max_size=20), min_size=n, max_size=n))
-  return kind, draw(st.lists(
+  if column_type == "int64":
+    return column_type, draw(hnp.arrays(np.int64, shape, elements=_INT64))
+  if column_type in ("int32", "bool"):
+    return column_type, draw(hnp.arrays(column_type, shape))
+  if column_type == "bytes":
+    return column_type, draw(st.lists(st.binary(max_size=200), min_size=n,
+                                      max_size=n))
+  if column_type == "str":  # unicode ids, stored as UTF-8
+    return column_type, draw(st.lists(st.text(max_size=20), min_size=n,
+                                      max_size=n))
+  return column_type, draw(st.lists(
       st.lists(st.one_of(st.binary(max_size=20), st.text(max_size=5)),
                max_size=4), min_size=n, max_size=n))
 
@@ -55,17 +57,17 @@ def _utf8(v):
   return v.encode("utf-8") if isinstance(v, str) else v
 
 
-def _oracle(kinds, i):
+def _oracle(typed_columns, i):
   """Row i as a tf.train.Example built the ordinary way."""
   feature = {}
-  for name, (kind, values) in kinds.items():
-    if kind.startswith("float"):
+  for name, (column_type, values) in typed_columns.items():
+    if column_type.startswith("float"):
       f = tf.train.Feature(float_list=tf.train.FloatList(
           value=values[i].astype(np.float32).ravel().tolist()))
-    elif kind in ("int64", "int32", "bool"):
+    elif column_type in ("int64", "int32", "bool"):
       f = tf.train.Feature(int64_list=tf.train.Int64List(
           value=values[i].astype(np.int64).ravel().tolist()))
-    elif kind == "bytes_lists":
+    elif column_type == "bytes_lists":
       f = tf.train.Feature(bytes_list=tf.train.BytesList(
           value=[_utf8(v) for v in values[i]]))
     else:
@@ -76,14 +78,14 @@ def _oracle(kinds, i):
 
 
 def _normalized(example):
-  """name -> (kind, values) with floats as bit patterns and NaN as 'nan'."""
+  """name -> (list kind, values), floats as bit patterns and NaN as 'nan'."""
   out = {}
   for name, f in example.features.feature.items():
-    kind = f.WhichOneof("kind")
-    values = list(getattr(f, kind).value) if kind else []
-    if kind == "float_list":
+    list_kind = f.WhichOneof("kind")
+    values = list(getattr(f, list_kind).value) if list_kind else []
+    if list_kind == "float_list":
       values = ["nan" if v != v else struct.pack("<f", v) for v in values]
-    out[name] = (kind, values)
+    out[name] = (list_kind, values)
   return out
 
 
@@ -105,43 +107,43 @@ def _prefix_free(names):
   return not any(a != b and b.startswith(a) for a in names for b in names)
 
 
-def _has_nan(kinds):
+def _has_nan(typed_columns):
   return any(k.startswith("float") and np.isnan(v).any()
-             for k, v in kinds.values())
+             for k, v in typed_columns.values())
 
 
 @hypothesis.settings(max_examples=150, deadline=None)
 @hypothesis.given(_batch())
 def test_round_trip_matches_protobuf(batch):
-  n, kinds = batch
-  encoded = ec.encode_examples({k: v for k, (_, v) in kinds.items()}, n)
+  n, typed_columns = batch
+  encoded = ec.encode_examples({k: v for k, (_, v) in typed_columns.items()}, n)
   assert len(encoded) == n
   for i, data in enumerate(encoded):
-    ref = _oracle(kinds, i)
+    ref = _oracle(typed_columns, i)
     assert _normalized(tf.train.Example.FromString(data)) == _normalized(ref)
-    if not _has_nan(kinds):
+    if not _has_nan(typed_columns):
       expected = ref.SerializeToString(deterministic=True)
       # Same map entries, byte for byte; ours in bytewise key order, which is
       # upb's deterministic order too unless a key is a prefix of another
       # (upb puts "ab" before "a").
       assert sorted(_entries(data)) == sorted(_entries(expected))
-      if _prefix_free(kinds):
+      if _prefix_free(typed_columns):
         assert data == expected
     keys = [list(tf.train.Features.FromString(e).feature)[0].encode()
             for e in _entries(data)]  # each entry is a one-entry Features
     assert keys == sorted(keys)
     # Float payloads are the input's float32 bits, exactly (NaN payloads too).
-    raw = ec.raw_feature_bytes(data, list(kinds))
-    for name, (kind, values) in kinds.items():
-      if kind.startswith("float") and values[i].size:
+    raw = ec.raw_feature_bytes(data, list(typed_columns))
+    for name, (column_type, values) in typed_columns.items():
+      if column_type.startswith("float") and values[i].size:
         assert raw[name].endswith(values[i].astype("<f4").tobytes())
 
 
 @hypothesis.settings(max_examples=100, deadline=None)
 @hypothesis.given(_batch(), st.data())
 def test_raw_passthrough_is_unchanged(batch, data):
-  n, kinds = batch
-  columns = {k: v for k, (_, v) in kinds.items()}
+  n, typed_columns = batch
+  columns = {k: v for k, (_, v) in typed_columns.items()}
   source = ec.encode_examples(columns, n)
   passed = data.draw(st.lists(st.sampled_from(sorted(columns)), unique=True))
   raw = [ec.raw_feature_bytes(s, passed + ["not-there"]) for s in source]
@@ -233,7 +235,7 @@ def test_large_rows_and_shapes():
       "fixed_u": np.array(["é", "", "xyz"]),
       "obj": np.array([b"p", [b"q", b"r"], []], dtype=object),
   }
-  kinds = {
+  typed_columns = {
       "wide": ("float32", columns["wide"]),
       "cube": ("float64", columns["cube"]),
       "same_width_ints": ("int32", columns["same_width_ints"]),
@@ -244,7 +246,7 @@ def test_large_rows_and_shapes():
       "obj": ("bytes_lists", [[b"p"], [b"q", b"r"], []]),
   }
   for i, data in enumerate(ec.encode_examples(columns, n)):
-    assert data == _oracle(kinds, i).SerializeToString(deterministic=True)
+    assert data == _oracle(typed_columns, i).SerializeToString(deterministic=True)
 
 
 def test_numeric_lists_are_accepted():

@@ -1,33 +1,19 @@
 """Turning a batch of engine outputs into output bytes (TFRecord or JSONL).
 
 A whole batch becomes ONE blob of ready-to-append file bytes, so the sink
-writes a few large strings instead of one element per row (DESIGN.md fact 11).
+writes a few large strings instead of one element per row (docs/design.md, fact 11).
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import struct
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import numpy as np
 
 from transforms import example_codec
-from transforms.tfrecord_framing import masked_crc32c
-
-
-def _masked_crc(data: bytes) -> bytes:
-  return struct.pack("<I", masked_crc32c(data))
-
-
-def frame_records(records: Sequence[bytes]) -> bytes:
-  """TFRecord-frames records: length, length CRC, data, data CRC each."""
-  parts = []
-  for record in records:
-    header = struct.pack("<Q", len(record))
-    parts += (header, _masked_crc(header), record, _masked_crc(record))
-  return b"".join(parts)
+from transforms.tfrecord_framing import frame_records
 
 
 def encode_tfrecord(columns: Dict[str, np.ndarray], num_rows: int,
@@ -53,10 +39,10 @@ def _json_bytes(value: bytes):
 
 
 def _json_value(feature) -> list:
-  kind = feature.WhichOneof("kind")
-  if kind == "bytes_list":
+  list_kind = feature.WhichOneof("kind")  # "bytes_list", "float_list", ...
+  if list_kind == "bytes_list":
     return [_json_bytes(b) for b in feature.bytes_list.value]
-  return list(getattr(feature, kind).value) if kind else []
+  return list(getattr(feature, list_kind).value) if list_kind else []
 
 
 def encode_jsonl(columns: Dict[str, np.ndarray], num_rows: int,

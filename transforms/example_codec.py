@@ -1,7 +1,7 @@
 """Batch encoding of tf.train.Example protos, without TensorFlow or protobuf.
 
 Building one tf.train.Example per row in Python costs tens of microseconds
-(DESIGN fact 11), more than a light model's whole compute. The wire format is
+(docs/design.md, fact 11), more than a light model's whole compute. The wire format is
 simple, so a batch is encoded column-wise here:
 
   Example  {1: Features {1: repeated MapEntry {1: key, 2: Feature}}}
@@ -27,7 +27,8 @@ import numpy as np
 
 Column = Union[np.ndarray, Sequence]
 
-_BYTES_LIST, _FLOAT_LIST, _INT64_LIST = 0x0A, 0x12, 0x1A  # Feature fields
+# Feature fields, one per list kind: the `list_kind` tags below.
+_BYTES_LIST, _FLOAT_LIST, _INT64_LIST = 0x0A, 0x12, 0x1A
 _LEN1 = 0x0A  # field 1, wire type 2 (length-delimited)
 _FEATURE = 0x12  # MapEntry field 2 (the Feature), length-delimited
 _INT64_MAX = np.iinfo(np.int64).max
@@ -248,11 +249,12 @@ def _raw_parts(key_field, features, n, name):
   return [headers, [bytes(f) for f in features]]
 
 
-def _fixed_entries(key_field, kind, payload):
+def _fixed_entries(key_field, list_kind, payload):
   """Entries whose payload has the same width in every row, as one matrix."""
   width = payload.shape[1]
   prefix = np.frombuffer(
-      _entry_header(key_field, kind, _packed_len(width), _packed_prefix(width)),
+      _entry_header(key_field, list_kind, _packed_len(width),
+                    _packed_prefix(width)),
       np.uint8)
   block = np.empty((payload.shape[0], len(prefix) + width), np.uint8)
   block[:, :len(prefix)] = prefix
@@ -271,11 +273,11 @@ def _packed_len(payload_len):
   return 1 + _vlen(payload_len) + payload_len if payload_len else 0
 
 
-def _entry_header(key_field, kind, list_len, list_prefix):
-  """Map entry bytes up to the list's payload: 0A len key 12 len kind len."""
+def _entry_header(key_field, list_kind, list_len, list_prefix):
+  """Map entry bytes up to the list's payload: 0A len key 12 len list_kind len."""
   feature_len = 1 + _vlen(list_len) + list_len
   return (_entry_header_for_feature(key_field, feature_len)
-          + bytes([kind]) + _varint(list_len) + list_prefix)
+          + bytes([list_kind]) + _varint(list_len) + list_prefix)
 
 
 def _entry_header_for_feature(key_field, feature_len):
@@ -293,7 +295,7 @@ def _key_field(name):
 
 def _is_bytes_column(values):
   """Whether a non-array column holds bytes/str values (vs numbers)."""
-  # Decided by the first non-empty row (rows of [] fit either kind); every
+  # Decided by the first non-empty row (rows of [] fit either); every
   # row's values are type-checked while encoding.
   for v in values:
     if isinstance(v, (bytes, str)):

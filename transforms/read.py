@@ -1,6 +1,6 @@
 """Reading TFRecord files as chunks of records with provenance.
 
-One element per record costs ~5 us in Beam (DESIGN.md fact 6), so records
+One element per record costs ~5 us in Beam (docs/design.md, fact 6), so records
 travel in chunks of `batch_size`: `RecordChunk(source, [(index, bytes), ...])`.
 Big uncompressed files are split into byte ranges on record boundaries so
 several workers share one file.
@@ -8,7 +8,6 @@ several workers share one file.
 
 from __future__ import annotations
 
-import base64
 import logging
 import math
 from typing import List, NamedTuple, Optional, Tuple
@@ -17,6 +16,7 @@ import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from transforms import dead_letters
 from transforms import tfrecord_framing as framing
 
 __all__ = ["ReadRecordChunks", "RecordChunk", "ReadRange", "QUARANTINE_TAG"]
@@ -113,10 +113,9 @@ class _ReadChunks(beam.DoFn):
             f"{e} (input.on_corrupt is 'fail'; set it to 'quarantine' to keep "
             f"the records before the damage and go on)") from None
       self._files_quarantined.inc()
-      yield beam.pvalue.TaggedOutput(QUARANTINE_TAG, {
-          "source": e.path, "index": e.index, "offset": e.offset,
-          "error": f"corrupt TFRecord framing: {e.reason}; rest of file skipped",
-          "records_salvaged": salvaged, "raw_b64": ""})
+      yield beam.pvalue.TaggedOutput(QUARANTINE_TAG, dead_letters.quarantine_entry(
+          e.path, e.index, e.offset,
+          f"corrupt TFRecord framing: {e.reason}; rest of file skipped", salvaged))
 
 
 class CorruptInputError(RuntimeError):
@@ -151,9 +150,3 @@ class ReadRecordChunks(beam.PTransform):
             | "ReadChunks" >> beam.ParDo(_ReadChunks(
                 self._chunk_size, self._max_record_bytes, self._on_corrupt)
             ).with_outputs(QUARANTINE_TAG, main="chunks"))
-
-
-def dead_letter(source: str, index: int, error: str, raw: bytes) -> dict:
-  """One dead-letter entry per the output contract."""
-  return {"source": source, "index": index, "error": error,
-          "raw_b64": base64.b64encode(raw).decode("ascii")}

@@ -2,7 +2,7 @@
 
 Each worker process holds ONE CascadeSession (one graph, one session, every
 model) behind one `beam.utils.shared.Shared` handle, however many threads or
-DoFn instances it runs (DESIGN.md fact 3).
+DoFn instances it runs (docs/design.md, fact 3).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.utils import shared
 
-from transforms import example_codec
+from transforms import dead_letters, example_codec
 from transforms.encode import ENCODERS
-from transforms.read import NAMESPACE, RecordChunk, dead_letter
+from transforms.read import NAMESPACE, RecordChunk
 
 __all__ = ["RunCascade", "DEAD_LETTER_TAG", "COUNTS_TAG"]
 
@@ -30,8 +30,9 @@ _LOG = logging.getLogger("tfcascade")
 _PROGRESS_EVERY_S = 10.0
 
 
-class _Engine:
-  """The per-process session plus progress bookkeeping. Thread-safe."""
+class _SharedSession:
+  """What a worker process shares between its threads and DoFn instances:
+  the one CascadeSession, its load time, and the progress log. Thread-safe."""
 
   def __init__(self, session, load_ms: int):
     self.session = session
@@ -79,7 +80,7 @@ class _CascadeDoFn(beam.DoFn):
     self._raw_passthrough = tuple(n for n in passthrough if n not in spec.passthrough)
     self._reject_non_finite = reject_non_finite
     self._tag = hashlib.sha256(pickle.dumps(spec)).hexdigest()
-    self._engine = None
+    self._shared_session = None
     m = beam.metrics.Metrics
     self._sessions_opened = m.counter(NAMESPACE, "sessions_opened")
     self._load_ms = m.distribution(NAMESPACE, "load_model_latency_milli_secs")
@@ -98,14 +99,14 @@ class _CascadeDoFn(beam.DoFn):
     def load():
       start = time.perf_counter()
       session = CascadeSession(self._spec)
-      return _Engine(session, int((time.perf_counter() - start) * 1000))
+      return _SharedSession(session, int((time.perf_counter() - start) * 1000))
 
-    self._engine = self._shared.acquire(load, tag=self._tag)
+    self._shared_session = self._shared.acquire(load, tag=self._tag)
 
   def start_bundle(self):
-    if self._engine.report_open_once():
+    if self._shared_session.report_open_once():
       self._sessions_opened.inc()
-      self._load_ms.update(self._engine.load_ms)
+      self._load_ms.update(self._shared_session.load_ms)
 
   def process(self, chunk: RecordChunk):
     indices = [i for i, _ in chunk.records]
@@ -125,7 +126,7 @@ class _CascadeDoFn(beam.DoFn):
         yield self._encode(columns, int(keep.sum()), raw)
     for position, reason in dead:
       self._dead.inc()
-      yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letter(
+      yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letters.record_entry(
           chunk.source, indices[position], reason, records[position]))
 
   def _run_isolating(self, records, positions, dead):
@@ -138,7 +139,7 @@ class _CascadeDoFn(beam.DoFn):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     try:
       start = time.perf_counter()
-      result = self._engine.session.run([records[p] for p in positions])
+      result = self._shared_session.session.run([records[p] for p in positions])
       self._batch_latency.update(int((time.perf_counter() - start) * 1e6))
     # TF reports an unparseable record either as InvalidArgumentError or, when
     # its message quotes non-UTF-8 record bytes, as a UnicodeDecodeError.
@@ -164,7 +165,7 @@ class _CascadeDoFn(beam.DoFn):
     for stage, (rows_in, ran) in self._stage_counters.items():
       rows_in.inc(len(positions))
       ran.inc(rows_run[stage])
-    self._engine.progress(len(positions), rows_run)
+    self._shared_session.progress(len(positions), rows_run)
     yield positions, outputs, parsed, rows_run
 
   def _copy_raw_passthrough(self, records, positions, keep, dead):
@@ -203,7 +204,7 @@ class _CascadeDoFn(beam.DoFn):
   def teardown(self):
     # The session is shared by the process and closed when the Shared
     # handle's last reference goes; here we only drop ours.
-    self._engine = None
+    self._shared_session = None
 
 
 def _reason(error) -> str:

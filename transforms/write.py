@@ -7,11 +7,14 @@ temp-file writing and atomic rename to `prefix-SSSSS-of-NNNNN<suffix>`.
 
 from __future__ import annotations
 
+import json
+
 import apache_beam as beam
 from apache_beam.io import filebasedsink
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from transforms import dead_letters
 from transforms import tfrecord_framing as framing
 from transforms.read import NAMESPACE, open_raw
 
@@ -49,44 +52,48 @@ class WriteBlobs(beam.PTransform):
 class _CountRecords(beam.DoFn):
   """Counts the records in a written file by reading it back."""
 
-  def __init__(self, kind: str, count_key: str):
-    self._kind = kind
+  def __init__(self, file_format: str, count_key: str):
+    self._file_format = file_format
     self._count_key = count_key
     self._counter = beam.metrics.Metrics.counter(NAMESPACE, count_key)
 
   def process(self, path: str):
-    quarantined = 0
-    if self._kind == "tfrecord":  # walks the framing; data is skipped
+    if self._file_format == "tfrecord":  # walks the framing; data is skipped
       records = framing.count_records(path, open_fn=open_raw)
     else:
-      records = 0
-      with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as f:
-        for line in f:
-          # Quarantine entries stand for damaged file tails, not records.
-          if self._kind == "dead_letter" and b'"records_salvaged"' in line:
-            quarantined += 1
-          elif line.strip():
-            records += 1
+      records = _count_lines(path, self._file_format == "dead_letter")
     self._counter.inc(records)
     yield (self._count_key, records)
-    if quarantined:
-      yield ("quarantine_entries", quarantined)
+
+
+def _count_lines(path: str, dead_letter: bool) -> int:
+  """Non-blank lines; in a dead-letter file, record entries only (quarantine
+  entries stand for damaged file tails, not records)."""
+  records = 0
+  with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as f:
+    for line in f:
+      if not line.strip():
+        continue
+      if dead_letter and dead_letters.is_quarantine(json.loads(line)):
+        continue
+      records += 1
+  return records
 
 
 class CountWrittenRecords(beam.PTransform):
   """Final file names -> (count_key, records in file) pairs.
 
   Args:
-    kind: "tfrecord" (framed records), "jsonl" (lines) or "dead_letter"
-      (lines; quarantine entries reported as "quarantine_entries").
+    file_format: "tfrecord" (framed records), "jsonl" (lines) or
+      "dead_letter" (lines; quarantine entries are not records).
     count_key: the key the counts are reported under.
   """
 
-  def __init__(self, kind: str, count_key: str):
+  def __init__(self, file_format: str, count_key: str):
     super().__init__()
-    self._kind = kind
+    self._file_format = file_format
     self._count_key = count_key
 
   def expand(self, paths):
     return paths | "CountRecordsInFile" >> beam.ParDo(
-        _CountRecords(self._kind, self._count_key))
+        _CountRecords(self._file_format, self._count_key))

@@ -35,8 +35,8 @@ trap 'rm -rf "$TMP"' EXIT
 COORD="org.apache.beam:${ARTIFACT}:${BEAM_VERSION}:jar"
 if ! mvn -B -q dependency:copy -Dartifact="$COORD" -DoutputDirectory="$TMP" \
     -Dmdep.useBaseVersion=true >&2; then
-  # Keep the last line short and plain: callers (tests/flink/harness.py) show it
-  # as the skip reason. Maven remembers a "not found" for a day (-U retries).
+  # Keep the last line short and plain: it is what a caller shows. Maven
+  # remembers a "not found" for a day (-U retries).
   # (mvn's log may end without a newline: start ours on a fresh line)
   printf '\n' >&2
   echo "fetch_job_server: mvn could not resolve $COORD from the configured Maven repositories" >&2

@@ -4,7 +4,7 @@
 own scope, wires inputs from features or earlier stages, and gates stages
 in-graph (gather -> model -> scatter). `CascadeSession` restores every model
 with its own Saver, finalizes the graph and runs batches through a C++
-callable (DESIGN.md fact 4). Nothing here imports Beam.
+callable (docs/design.md, fact 4). Nothing here imports Beam.
 """
 
 from __future__ import annotations
@@ -13,17 +13,17 @@ import atexit
 import dataclasses
 import time
 import weakref
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
 
-from transforms.engine.gate import Gate, parse_gate
+from transforms.engine.gate import OPERATORS, Gate, parse_gate
 from transforms.engine.sources import PlacedModel, place_model
-from transforms.engine.spec import CascadeError, CascadeSpec, FeatureSpec, StageSpec
+from transforms.engine.spec import (FEATURE_DTYPES, CascadeError, CascadeSpec,
+                                    FeatureSpec, StageSpec)
 
-_TF_DTYPES = {"float32": tf.float32, "int64": tf.int64, "string": tf.string}
 SERIALIZED_INPUT = "serialized_examples"
 
 
@@ -63,15 +63,94 @@ class CascadeGraph:
   plan: List[StagePlan]
 
 
+@dataclasses.dataclass
+class _Gating:
+  """A gated stage's rows: `mask` [batch] bool, `rows` the passing indices."""
+  gate: Gate
+  mask: tf.Tensor
+  rows: tf.Tensor
+
+
+def build_cascade_graph(spec: CascadeSpec) -> CascadeGraph:
+  """Builds the whole cascade graph; validates wiring and checkpoints.
+
+  Raises:
+    CascadeError: naming the stage and the checkpoint, variable or tensor at
+      fault.
+  """
+  stage_order = _check_stages(spec.stages)
+  graph = tf.Graph()
+  rows_run, models, plan = {}, {}, []
+  with graph.as_default():
+    serialized = tf.compat.v1.placeholder(tf.string, [None], name=SERIALIZED_INPUT)
+    parsed = _parse_features(serialized, spec.features)
+    batch = tf.shape(serialized, out_type=tf.int64)[0]
+    available = {f"features.{name}": t for name, t in parsed.items()}
+    fetches = _passthrough_fetches(parsed, spec.passthrough)
+    for stage in spec.stages:
+      model, gating = _place_stage(stage, available, stage_order)
+      for out, tensor in _full_batch_outputs(stage, model, gating, batch).items():
+        available[f"{stage.name}.{out}"] = tensor
+        fetches[f"{stage.name}/{out}"] = tensor
+      if gating is not None:
+        fetches[f"{stage.name}/ran"] = tf.cast(gating.mask, tf.int64)
+        rows_run[stage.name] = tf.size(gating.rows, out_type=tf.int64)
+      else:
+        rows_run[stage.name] = batch
+      models[stage.name] = model
+      plan.append(_stage_plan(stage, model, gating))
+  return CascadeGraph(graph, serialized, fetches, rows_run, models, plan)
+
+
+def _check_stages(stages: Sequence[StageSpec]) -> Dict[str, int]:
+  """Checks stage count, names and scopes; returns stage name -> position."""
+  if len(stages) < 2:
+    raise CascadeError(f"a cascade needs at least 2 stages, got {len(stages)}")
+  names = [s.name for s in stages]
+  duplicates = sorted({n for n in names if names.count(n) > 1})
+  if duplicates:
+    raise CascadeError(f"stage names must be unique: {duplicates} repeat")
+  scopes = [s.scope for s in stages]
+  if len(set(scopes)) != len(scopes):
+    raise CascadeError(f"stage scopes must be unique: {scopes}")
+  return {s.name: i for i, s in enumerate(stages)}
+
+
 def _parse_features(serialized, features: Sequence[FeatureSpec]):
+  """The in-graph parse: feature name -> [batch, *shape] tensor."""
   spec = {}
   for f in features:
-    if f.dtype not in _TF_DTYPES:
+    if f.dtype not in FEATURE_DTYPES:
       raise CascadeError(f"feature '{f.name}': dtype must be one of "
-                         f"{sorted(_TF_DTYPES)}, got '{f.dtype}'")
-    spec[f.name] = tf.io.FixedLenFeature(list(f.shape), _TF_DTYPES[f.dtype],
+                         f"{sorted(FEATURE_DTYPES)}, got '{f.dtype}'")
+    spec[f.name] = tf.io.FixedLenFeature(list(f.shape), tf.as_dtype(f.dtype),
                                          default_value=f.default)
   return tf.io.parse_example(serialized, spec, name="parse")
+
+
+def _passthrough_fetches(parsed: Mapping[str, tf.Tensor],
+                         passthrough: Sequence[str]) -> Dict[str, tf.Tensor]:
+  """"passthrough/<name>" -> parsed feature, for each passthrough feature."""
+  fetches = {}
+  for name in passthrough:
+    if name not in parsed:
+      raise CascadeError(f"passthrough feature '{name}' is not declared under "
+                         f"input.features")
+    fetches[f"passthrough/{name}"] = parsed[name]
+  return fetches
+
+
+def _place_stage(stage: StageSpec, available: Mapping[str, tf.Tensor],
+                 stage_order: Mapping[str, int]
+                 ) -> Tuple[PlacedModel, Optional[_Gating]]:
+  """Wires a stage's inputs, gates them and places its model on them."""
+  inputs = {key: _resolve(ref, available, stage_order, stage, f"input '{key}' <-")
+            for key, ref in stage.inputs.items()}
+  gating = _gating(stage, available, stage_order)
+  if gating is not None:
+    with tf.name_scope(f"{stage.scope}_gate"):
+      inputs = {k: tf.gather(t, gating.rows) for k, t in inputs.items()}
+  return place_model(stage, inputs), gating
 
 
 def _resolve(reference: str, available: Mapping[str, tf.Tensor],
@@ -98,6 +177,17 @@ def _resolve(reference: str, available: Mapping[str, tf.Tensor],
                      f"stage (stages: {sorted(stage_order)})")
 
 
+def _gating(stage: StageSpec, available: Mapping[str, tf.Tensor],
+            stage_order: Mapping[str, int]) -> Optional[_Gating]:
+  """The rows a stage runs on, from its run_if; None (every row) without one."""
+  if not stage.run_if:
+    return None
+  gate = parse_gate(stage.run_if)
+  mask = _gate_mask(gate, _resolve(gate.reference, available, stage_order,
+                                   stage, "run_if"), stage)
+  return _Gating(gate, mask, tf.where(mask)[:, 0])
+
+
 def _gate_mask(gate: Gate, tensor: tf.Tensor, stage: StageSpec) -> tf.Tensor:
   """A [batch] bool mask from a per-row scalar output."""
   rank = tensor.shape.rank
@@ -111,9 +201,19 @@ def _gate_mask(gate: Gate, tensor: tf.Tensor, stage: StageSpec) -> tf.Tensor:
                        f"'{gate.reference}' is {tensor.dtype.name}")
   threshold = tf.constant(gate.threshold, dtype=tf.float64)
   value = tf.cast(tensor, tf.float64)
-  compare = {"<": tf.less, "<=": tf.less_equal, ">": tf.greater,
-             ">=": tf.greater_equal, "==": tf.equal, "!=": tf.not_equal}[gate.op]
+  compare = getattr(tf.math, OPERATORS[gate.op])
   return compare(value, threshold)
+
+
+def _full_batch_outputs(stage: StageSpec, model: PlacedModel,
+                        gating: Optional[_Gating], batch: tf.Tensor
+                        ) -> Dict[str, tf.Tensor]:
+  """The model's outputs with a row per input record: a gated stage's rows
+  that did not pass are filled with its fill_value."""
+  if gating is None:
+    return dict(model.outputs)
+  return {out: _scatter(gating.rows, tensor, batch, stage.fill_value)
+          for out, tensor in model.outputs.items()}
 
 
 def _scatter(rows: tf.Tensor, values: tf.Tensor, batch: tf.Tensor,
@@ -130,68 +230,18 @@ def _scatter(rows: tf.Tensor, values: tf.Tensor, batch: tf.Tensor,
   return tf.tensor_scatter_nd_update(filled, rows[:, None], values)
 
 
-def build_cascade_graph(spec: CascadeSpec) -> CascadeGraph:
-  """Builds the whole cascade graph; validates wiring and checkpoints.
-
-  Raises:
-    CascadeError: naming the stage and the checkpoint, variable or tensor at
-      fault.
-  """
-  if len(spec.stages) < 2:
-    raise CascadeError(f"a cascade needs at least 2 stages, got {len(spec.stages)}")
-  names = [s.name for s in spec.stages]
-  duplicates = sorted({n for n in names if names.count(n) > 1})
-  if duplicates:
-    raise CascadeError(f"stage names must be unique: {duplicates} repeat")
-  scopes = [s.scope for s in spec.stages]
-  if len(set(scopes)) != len(scopes):
-    raise CascadeError(f"stage scopes must be unique: {scopes}")
-  stage_order = {s.name: i for i, s in enumerate(spec.stages)}
-
-  graph = tf.Graph()
-  fetches, rows_run, models, plan = {}, {}, {}, []
-  with graph.as_default():
-    serialized = tf.compat.v1.placeholder(tf.string, [None], name=SERIALIZED_INPUT)
-    parsed = _parse_features(serialized, spec.features)
-    batch = tf.shape(serialized, out_type=tf.int64)[0]
-    available = {f"features.{name}": t for name, t in parsed.items()}
-    for name in spec.passthrough:
-      if name not in parsed:
-        raise CascadeError(f"passthrough feature '{name}' is not declared under "
-                           f"input.features")
-      fetches[f"passthrough/{name}"] = parsed[name]
-    for stage in spec.stages:
-      inputs = {key: _resolve(ref, available, stage_order, stage, f"input '{key}' <-")
-                for key, ref in stage.inputs.items()}
-      gate = parse_gate(stage.run_if) if stage.run_if else None
-      if gate:
-        mask = _gate_mask(gate, _resolve(gate.reference, available, stage_order,
-                                         stage, "run_if"), stage)
-        rows = tf.where(mask)[:, 0]
-        with tf.name_scope(f"{stage.scope}_gate"):
-          inputs = {k: tf.gather(t, rows) for k, t in inputs.items()}
-      model = place_model(stage, inputs)
-      for out, tensor in model.outputs.items():
-        if gate:
-          tensor = _scatter(rows, tensor, batch, stage.fill_value)
-        available[f"{stage.name}.{out}"] = tensor
-        fetches[f"{stage.name}/{out}"] = tensor
-      if gate:
-        fetches[f"{stage.name}/ran"] = tf.cast(mask, tf.int64)
-        rows_run[stage.name] = tf.size(rows, out_type=tf.int64)
-      else:
-        rows_run[stage.name] = batch
-      models[stage.name] = model
-      plan.append(StagePlan(
-          name=stage.name, scope=stage.scope,
-          source=f"{stage.source.kind}: {stage.source.ref}",
-          checkpoint=model.checkpoint.prefix,
-          fingerprint=model.checkpoint.fingerprint,
-          global_step=model.checkpoint.global_step,
-          inputs=dict(stage.inputs), outputs=dict(stage.outputs),
-          gate=str(gate) if gate else "", restored=model.restored,
-          unused=model.unused))
-  return CascadeGraph(graph, serialized, fetches, rows_run, models, plan)
+def _stage_plan(stage: StageSpec, model: PlacedModel,
+                gating: Optional[_Gating]) -> StagePlan:
+  """What `validate` prints about a placed stage."""
+  return StagePlan(
+      name=stage.name, scope=stage.scope,
+      source=f"{stage.source.source_type}: {stage.source.ref}",
+      checkpoint=model.checkpoint.prefix,
+      fingerprint=model.checkpoint.fingerprint,
+      global_step=model.checkpoint.global_step,
+      inputs=dict(stage.inputs), outputs=dict(stage.outputs),
+      gate=str(gating.gate) if gating is not None else "", restored=model.restored,
+      unused=model.unused)
 
 
 def session_config(spec: CascadeSpec) -> tf.compat.v1.ConfigProto:
@@ -246,12 +296,8 @@ class CascadeSession:
       raise
     self.load_seconds = time.perf_counter() - start
     # Release before interpreter teardown; a callable freed after TF's modules
-    # are gone raises AttributeError in __del__ (DESIGN.md fact 4).
+    # are gone raises AttributeError in __del__ (docs/design.md, fact 4).
     atexit.register(_close_if_alive, weakref.ref(self))
-
-  @property
-  def plan(self) -> List[StagePlan]:
-    return self.cascade.plan
 
   def run(self, serialized: Sequence[bytes]) -> Dict[str, np.ndarray]:
     """Runs the cascade on a batch of serialized `tf.train.Example`s.

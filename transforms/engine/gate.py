@@ -8,24 +8,27 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import operator
 import re
 
 from transforms.engine.spec import CascadeError
 
+# The one table of gate operators: symbol -> name of the comparison, which is
+# the same in tf.math (cascade.py builds the in-graph comparison from it) and
+# in NumPy.
+OPERATORS = {
+    "<": "less", "<=": "less_equal", ">": "greater",
+    ">=": "greater_equal", "==": "equal", "!=": "not_equal",
+}
+
 _GATE = re.compile(
     r"""^\s*
     (?P<stage>[A-Za-z_][A-Za-z0-9_]*)\.(?P<output>[A-Za-z_][A-Za-z0-9_]*)
-    \s*(?P<op><=|>=|==|!=|<|>)\s*
+    \s*(?P<op>""" +
+    # Longest first, so that "<=" is not read as "<".
+    "|".join(map(re.escape, sorted(OPERATORS, key=len, reverse=True))) +
+    r""")\s*
     (?P<number>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)
     \s*$""", re.VERBOSE)
-
-# Python operators double as NumPy comparisons in tests and as the reference
-# for the in-graph TensorFlow comparison (see cascade.py).
-OPERATORS = {
-    "<": operator.lt, "<=": operator.le, ">": operator.gt,
-    ">=": operator.ge, "==": operator.eq, "!=": operator.ne,
-}
 
 
 @dataclasses.dataclass(frozen=True)

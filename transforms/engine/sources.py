@@ -55,18 +55,18 @@ def place_model(stage: StageSpec, inputs: Mapping[str, tf.Tensor]) -> PlacedMode
   Raises:
     CascadeError: any wiring or checkpoint problem, naming stage and culprit.
   """
-  kind = stage.source.kind
-  if kind == "builder":
+  source_type = stage.source.source_type
+  if source_type == "builder":
     return _place_built(stage, inputs)
-  if kind == "meta_graph":
+  if source_type == "meta_graph":
     meta = _read_meta_graph(stage)
     return _place_imported(stage, meta, inputs, stage.checkpoint,
                            signature=None)
-  if kind == "saved_model":
+  if source_type == "saved_model":
     meta, signature, variables_prefix = _read_saved_model(stage)
     return _place_imported(stage, meta, inputs,
                            stage.checkpoint or variables_prefix, signature)
-  raise CascadeError(f"stage '{stage.name}': unknown model source '{kind}'")
+  raise CascadeError(f"stage '{stage.name}': unknown model source '{source_type}'")
 
 
 def _place_built(stage: StageSpec, inputs) -> PlacedModel:
@@ -149,15 +149,16 @@ def _read_saved_model(stage: StageSpec):
   return meta, signature, prefix
 
 
-def _tensor_name(stage, key, signature, kind):
-  """Maps a config key to a tensor name: "name:0" as is, else a signature key."""
+def _tensor_name(stage, key, signature, side):
+  """Maps a config key to a tensor name: "name:0" as is, else a key of the
+  signature's `side` ("inputs" or "outputs")."""
   if ":" in key:
     return key
-  entries = getattr(signature, kind) if signature is not None else {}
+  entries = getattr(signature, side) if signature is not None else {}
   if key in entries:
     return entries[key].name
   raise CascadeError(
-      f"stage '{stage.name}': {kind[:-1]} '{key}' is neither a tensor name "
+      f"stage '{stage.name}': {side[:-1]} '{key}' is neither a tensor name "
       f"('name:0') nor a key of signature '{stage.source.signature}' "
       f"(keys: {sorted(entries)})")
 
@@ -168,7 +169,7 @@ def rescope_shared_names(graph_def, scope: str) -> None:
   `import_meta_graph(import_scope=...)` renames nodes but not the
   `shared_name` attr, so two imports whose variables share names would point
   at ONE resource and the second restore would overwrite the first model's
-  weights (DESIGN.md fact 1).
+  weights (docs/design.md, fact 1).
   """
   for node in graph_def.node:
     if node.op == "VarHandleOp" and node.attr["shared_name"].s:
@@ -208,16 +209,22 @@ def _place_imported(stage, meta, inputs, checkpoint_path, signature) -> PlacedMo
   return _with_name_saver(stage, outputs, created, checkpoint)
 
 
-def _needed(variables, outputs):
-  """The variables the output tensors depend on (optimizer slots are not)."""
-  ancestors, stack = set(), [t.op for t in outputs.values()]
+def _upstream_ops(roots) -> set:
+  """The `roots` ops and every op they depend on, by data or control input."""
+  seen, stack = set(), list(roots)
   while stack:
     op = stack.pop()
-    if op in ancestors:
+    if op in seen:
       continue
-    ancestors.add(op)
+    seen.add(op)
     stack.extend(t.op for t in op.inputs)
     stack.extend(op.control_inputs)
+  return seen
+
+
+def _needed(variables, outputs):
+  """The variables the output tensors depend on (optimizer slots are not)."""
+  ancestors = _upstream_ops(t.op for t in outputs.values())
   # Variables read inside functions (TF2 graphs) are captured as call inputs,
   # so they are ancestors too.
   return [v for v in variables if v.op in ancestors]
@@ -269,17 +276,10 @@ def _with_embedded_saver(stage, outputs, saver, checkpoint) -> PlacedModel:
       saver.saver_def.restore_op_name.startswith(stage.scope + "/")
       else saver.saver_def.restore_op_name)
   keys = set()
-  stack, seen = [restore_op], set()
-  while stack:  # find every RestoreV2 feeding the restore op
-    op = stack.pop()
-    if op in seen:
-      continue
-    seen.add(op)
+  for op in _upstream_ops([restore_op]):  # every RestoreV2 feeding the restore op
     if op.type == "RestoreV2":
       names = tf.get_static_value(op.inputs[1])
       keys.update(n.decode() for n in names)
-    stack.extend(t.op for t in op.inputs)
-    stack.extend(op.control_inputs)
   missing = sorted(k for k in keys if k not in checkpoint.variables)
   if missing:
     raise CascadeError([f"stage '{stage.name}': checkpoint {checkpoint.prefix} "

@@ -9,8 +9,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping, Optional, Tuple
 
-FEATURE_DTYPES = ("float32", "int64", "string")
-SOURCE_KINDS = ("meta_graph", "builder", "saved_model")
+# Tables of names, each defined here only (configs, the engine and
+# `tfcascade inspect` use them).
+
+# tf.train.Feature list kind (its "kind" oneof) -> the feature dtype it holds.
+LIST_KIND_DTYPES = {"float_list": "float32", "int64_list": "int64",
+                    "bytes_list": "string"}
+# Feature dtypes a config may declare: ("float32", "int64", "string").
+FEATURE_DTYPES = tuple(LIST_KIND_DTYPES.values())
+# Where a stage's graph comes from (ModelSource.source_type).
+SOURCE_TYPES = ("meta_graph", "builder", "saved_model")
+# What the session runs on (SessionSpec.device).
 DEVICES = ("cpu", "gpu")
 
 
@@ -46,13 +55,13 @@ class ModelSource:
   """Where a stage's graph comes from.
 
   Attributes:
-    kind: "meta_graph" (path to a .meta file), "builder" ("module:function")
-      or "saved_model" (an export directory).
+    source_type: one of SOURCE_TYPES: "meta_graph" (path to a .meta file),
+      "builder" ("module:function") or "saved_model" (an export directory).
     ref: the path or the "module:function" reference.
     tags: SavedModel tags (saved_model only).
     signature: SavedModel signature whose keys may name inputs/outputs.
   """
-  kind: str
+  source_type: str
   ref: str
   tags: Tuple[str, ...] = ("serve",)
   signature: str = "serving_default"
@@ -93,7 +102,8 @@ class SessionSpec:
   Attributes:
     intra_op_threads: threads inside one op; 0 lets TensorFlow choose.
     inter_op_threads: ops run concurrently; 0 lets TensorFlow choose.
-    device: "cpu" (default; hides GPUs) or "gpu" (memory growth, soft placement).
+    device: one of DEVICES: "cpu" (default; hides GPUs) or "gpu" (memory
+      growth, soft placement).
   """
   intra_op_threads: int = 0
   inter_op_threads: int = 0

@@ -1,17 +1,17 @@
-"""Run a Beam job on real Flink or on a portable runner with an EXTERNAL
-worker pool, from tests or CI.
+"""Run a Beam job on a portable runner with an EXTERNAL worker pool, or on
+real Flink, from tests or CI. Shared by tests/portable/ and tests/flink/.
 
 Everything here is plain functions/classes usable outside pytest. Typical use
 (the job is any command line that accepts Beam pipeline args at its end):
 
-  jar = job_server_jar()                       # None + reason when unavailable
-  with FlinkCluster() as master:               # ci/flink/cluster.sh start/stop
-    run_job(JOB_CMD + flink_args("standalone", jar=jar, flink_master=master))
-
   py = make_worker_venv(REPO)                  # venv with ONLY the project wheel
   with PythonJobService() as endpoint, WorkerPool(py) as pool:
-    run_job(JOB_CMD + flink_args("portable_external", job_endpoint=endpoint,
-                                 worker_pool=pool))
+    run_job(JOB_CMD + runner_args("portable_external", job_endpoint=endpoint,
+                                  worker_pool=pool))
+
+  jar, reason = job_server_jar()               # from $TFCASCADE_FLINK_JOB_SERVER_JAR
+  with FlinkCluster() as master:               # ci/flink/cluster.sh start/stop
+    run_job(JOB_CMD + runner_args("standalone", jar=jar, flink_master=master))
 
 All services bind to / are addressed on loopback.
 """
@@ -32,6 +32,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 CI_DIR = REPO / "ci" / "flink"
+TOY = Path(__file__).resolve().parent / "toy_pipeline.py"
 BEAM_VERSION = "2.77.0"
 FLINK_VERSION = "1.20"
 JAR_ENV = "TFCASCADE_FLINK_JOB_SERVER_JAR"
@@ -76,35 +77,25 @@ def java_available() -> str | None:
   return None
 
 
-def job_server_jar(fetch: bool = True) -> tuple[Path | None, str]:
+def job_server_jar() -> tuple[Path | None, str]:
   """(path, "") to Beam's Flink 1.20 job-server jar, or (None, reason).
 
-  $TFCASCADE_FLINK_JOB_SERVER_JAR wins (a jar you built or copied in);
-  otherwise ci/flink/fetch_job_server.sh fetches it into the cache via mvn.
+  Only $TFCASCADE_FLINK_JOB_SERVER_JAR: the Maven repository our machines
+  reach does not serve `beam-runners-flink-*`, so nothing is fetched here.
+  Where yours does, `ci/flink/fetch_job_server.sh` prints a path to export.
   """
   env_jar = os.environ.get(JAR_ENV)
-  if env_jar:
-    p = Path(env_jar)
-    return (p, "") if p.is_file() else (None, "%s=%s: no such file" %
-                                        (JAR_ENV, env_jar))
-  if not fetch:
-    cached = (cache_root() / "jars" /
-              ("beam-runners-flink-%s-job-server-%s.jar" %
-               (FLINK_VERSION, BEAM_VERSION)))
-    return (cached, "") if cached.is_file() else (None, "not cached")
-  if not shutil.which("mvn"):
-    return None, "no `mvn` on PATH to fetch the job-server jar"
-  r = subprocess.run(["bash", str(CI_DIR / "fetch_job_server.sh")],
-                     capture_output=True, text=True)
-  if r.returncode == 0 and Path(r.stdout.strip()).is_file():
-    return Path(r.stdout.strip()), ""
-  # The script's own last line says what failed; mvn's log is above it.
-  last = (r.stderr.strip().splitlines() or ["(no output)"])[-1]
-  return None, "ci/flink/fetch_job_server.sh exit %d: %s" % (r.returncode,
-                                                              last[:300])
+  if not env_jar:
+    return None, ("$%s is not set (Beam's Flink job-server jar, "
+                  "beam-runners-flink-%s-job-server-%s.jar, is not obtainable "
+                  "from the Maven repository here)" %
+                  (JAR_ENV, FLINK_VERSION, BEAM_VERSION))
+  p = Path(env_jar)
+  return (p, "") if p.is_file() else (None, "%s=%s: no such file" %
+                                      (JAR_ENV, env_jar))
 
 
-def flink_args(
+def runner_args(
     mode: str,
     *,
     jar: str | os.PathLike | None = None,
@@ -112,7 +103,7 @@ def flink_args(
     job_endpoint: str | None = None,
     worker_pool: str | None = None,
     parallelism: int = 2) -> list[str]:
-  """Beam pipeline args to append to a job's command line.
+  """Beam pipeline args to append to a job's command line, per runner mode.
 
   minicluster        FlinkRunner, embedded Flink MiniCluster inside the job
                      server JVM; needs `jar`.
@@ -154,6 +145,12 @@ def flink_args(
   raise ValueError("mode must be one of %s, got %r" % (MODES, mode))
 
 
+def toy_cmd(input_path, out_prefix) -> list[str]:
+  """The toy job's command line (tests/runners/toy_pipeline.py)."""
+  return [sys.executable, str(TOY), "--input", os.fspath(input_path),
+          "--output", os.fspath(out_prefix)]
+
+
 def reference_args() -> list[str]:
   """Args for the in-process reference run. Pinned: since Beam 2.68 the
   default runner first tries to download Prism (fails offline)."""
@@ -184,14 +181,24 @@ def wait_for_port(port: int, timeout: float, proc=None, what="service"):
                      (what, port, timeout))
 
 
-class _Service:
+class _StartStop:
+  """`with X(...) as endpoint:` starts X and always stops it."""
+
+  def __enter__(self):
+    return self.start()
+
+  def __exit__(self, *exc):
+    self.stop()
+
+
+class _Service(_StartStop):
   """A background process with its log in a file; a context manager that
   yields its endpoint and always stops the process it started (by pid)."""
   name = "service"
 
   def __init__(self, log_dir: str | os.PathLike | None = None):
     self._own_dir = log_dir is None
-    self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="tfc-flink-"))
+    self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="tfc-runner-"))
     self.log_path = self.log_dir / ("%s.log" % self.name)
     self.proc = None
     self.endpoint = None
@@ -223,12 +230,6 @@ class _Service:
     if self.proc:
       self._log.close()
     self.proc = None
-
-  def __enter__(self):
-    return self.start()
-
-  def __exit__(self, *exc):
-    self.stop()
 
 
 class PythonJobService(_Service):
@@ -325,7 +326,7 @@ class WorkerPool(_Service):
     return self.endpoint
 
 
-class FlinkCluster:
+class FlinkCluster(_StartStop):
   """The standalone cluster of ci/flink/cluster.sh (JobManager + TaskManager
   JVMs). Context manager yielding the REST address "127.0.0.1:PORT"."""
 
@@ -354,17 +355,8 @@ class FlinkCluster:
     self.address = self._sh("start").splitlines()[-1]
     return self.address
 
-  def smoke(self, out_dir) -> None:
-    self._sh("smoke", os.fspath(out_dir))
-
   def stop(self):
     self._sh("stop")
-
-  def __enter__(self):
-    return self.start()
-
-  def __exit__(self, *exc):
-    self.stop()
 
 
 # ------------------------------------------------------------ worker venv
@@ -501,6 +493,22 @@ def run_job(cmd: list[str], *, timeout: float = 600, cwd=None,
                          (r.returncode, " ".join(cmd),
                           (r.stdout + r.stderr)[-6000:]))
   return r
+
+
+TOY_OUTPUTS = ("records", "totals")
+
+
+def toy_outputs(out_prefix) -> dict[str, collections.Counter]:
+  """The toy job's runner-independent outputs: kind -> multiset of lines."""
+  return {kind: read_lines("%s-%s-*" % (out_prefix, kind))
+          for kind in TOY_OUTPUTS}
+
+
+def toy_workers(out_prefix) -> set[tuple[str, ...]]:
+  """{(sys.prefix, transforms location)} of the workers that ran the toy
+  job's user code (its `where` output)."""
+  return {tuple(line.split("\t"))
+          for line in read_lines("%s-where-*" % out_prefix)}
 
 
 def read_lines(pattern: str) -> collections.Counter:

@@ -1,11 +1,12 @@
 """A tiny, self-contained Beam job that stands in for `python -m pipeline run`
-while proving the Flink / portable harness.
+while proving the runner harness (tests/runners/harness.py) on a
+PortableRunner and on Flink.
 
 Run as a script (not imported): its functions then live in `__main__` and
 cloudpickle ships them by value, so a worker that has only apache-beam (or only
 the project's wheel) installed can run them.
 
-  python tests/flink/toy_pipeline.py --input IN.txt --output OUT_PREFIX [beam args]
+  python tests/runners/toy_pipeline.py --input IN.txt --output OUT_PREFIX [beam args]
 
 Writes
   OUT_PREFIX-records-*   one line per input line, "<key>\t<value*value>"

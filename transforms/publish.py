@@ -1,14 +1,20 @@
-"""The output directory's life cycle: refuse, clean, stage, publish.
+"""The output directory's life cycle: refuse, clean, stage, account, publish.
 
 A run writes everything under `<output>/_staging/`; only after the counts add
 up are files moved to their final names, `run_summary.json` written, and
 `_SUCCESS` written last. A killed run therefore never leaves `_SUCCESS`, and
 the next run removes whatever a previous incomplete run left behind.
+
+The launcher prepares the directory; the pipeline's last step (on a worker)
+checks the accounting and publishes, so this module imports nothing of the
+launcher (`pipeline`).
 """
 
 from __future__ import annotations
 
 import json
+import time
+from typing import Dict
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -23,6 +29,10 @@ PREDICTIONS = "predictions"
 # listed both as themselves (local) and by contents (object stores have none).
 _OWNED = (f"{PREDICTIONS}-*", SUMMARY, METRICS, DEAD_LETTER_DIR, f"{DEAD_LETTER_DIR}/**",
           STAGING, f"{STAGING}/**", "beam-temp-*", "beam-temp-*/**")
+
+
+class AccountingError(RuntimeError):
+  """Records read != written + dead-lettered: the run is not complete."""
 
 
 class OutputExistsError(RuntimeError):
@@ -107,3 +117,56 @@ def publish(output_path: str, staging: str, summary: dict) -> dict:
 def write_json(path: str, obj) -> None:
   with FileSystems.create(path) as f:
     f.write(json.dumps(obj, indent=2, sort_keys=True).encode("utf-8") + b"\n")
+
+
+def summarize(counts: Dict[str, int], info: dict) -> dict:
+  """The run_summary.json contents, from the counts of what was written.
+
+  Args:
+    counts: summed counts: records_read, records_written,
+      records_dead_lettered_written, rows_in/<stage>, rows_run/<stage>,
+      quarantined:<file>.
+    info: what the launcher knew (runner, start time, stages); see
+      `pipeline.job.run_info`.
+  """
+  read = counts.get("records_read", 0)
+  written = counts.get("records_written", 0)
+  dead = counts.get("records_dead_lettered_written", 0)
+  stages = {}
+  for stage in info["stages"]:
+    name = stage["name"]
+    stages[name] = {"rows_in": counts.get(f"rows_in/{name}", 0),
+                    "rows_run": counts.get(f"rows_run/{name}", 0),
+                    **{k: v for k, v in stage.items() if k != "name"}}
+  return {
+      "records_read": read,
+      "records_written": written,
+      "records_dead_lettered": dead,
+      "accounted": read == written + dead,
+      "files_quarantined": sorted(k.split(":", 1)[1] for k in counts
+                                  if k.startswith("quarantined:")),
+      "stages": stages,
+      "runner": info["runner"],
+      "started_at": info["started_at"],
+      "wall_seconds": round(time.time() - info["start_epoch"], 3),
+      "output_format": info["output_format"],
+      "run_date": info["run_date"],
+  }
+
+
+def finalize(counts: Dict[str, int], output_path: str, staging: str, info: dict):
+  """Checks the accounting and publishes the output (the pipeline's last step).
+
+  Raises:
+    AccountingError: records do not add up; everything stays in staging, with
+      the summary, and no _SUCCESS is written.
+  """
+  summary = summarize(counts, info)
+  if not summary["accounted"]:
+    write_json(join(staging, SUMMARY), summary)
+    raise AccountingError(
+        f"records_read {summary['records_read']} != records_written "
+        f"{summary['records_written']} + records_dead_lettered "
+        f"{summary['records_dead_lettered']}; output left in {staging}, "
+        f"no {SUCCESS} written")
+  publish(output_path, staging, summary)
