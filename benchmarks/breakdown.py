@@ -14,9 +14,9 @@ Runs the job's own per-chunk code on the benchmark's data (run
            score + splitting the outputs + non-finite check + raw passthrough
            copy + encode), the same DoFn RunCascade runs;
   dofn-score  the DoFn beyond the engine (dofn minus score);
-  count    transforms.tfrecord_framing.count_records on the written blobs:
-           what CountWrittenRecords does per TFRecord output file (walks the
-           framing, skips the data).
+  write    transforms.shard_writer.ShardWriter appending the DoFn's blobs to
+           one staged file, as each bundle's writer does (records are counted
+           as they are written: no pass re-reads the output).
 
 The DoFn is the job's, not a copy, so this measures the current code paths.
 Median of 3 passes, wall and process CPU time (TF's pool threads included).
@@ -40,8 +40,9 @@ from transforms import tfrecord_framing as framing  # noqa: E402
 from transforms.engine import CascadeSession  # noqa: E402
 from transforms.read import RecordChunk  # noqa: E402
 from transforms.run_cascade import _CascadeDoFn  # noqa: E402  pylint: disable=protected-access
+from transforms.shard_writer import ShardWriter  # noqa: E402
 
-PIECES = ("read", "score", "dofn", "count")
+PIECES = ("read", "score", "dofn", "write")
 
 
 def _config(workdir, kind, n):
@@ -83,12 +84,18 @@ def one_pass(clock, config, files, session, dofn, scratch):
   clock.time("score", lambda: [session.run([r for _, r in c.records])
                                for c in chunks])
   outputs = clock.time("dofn", lambda: [o for c in chunks for o in dofn.process(c)])
-  with open(scratch, "wb") as f:
-    for blob in outputs:
-      if isinstance(blob, bytes):  # the main output; tagged ones are counts etc.
-        f.write(blob)
-  clock.time("count", lambda: framing.count_records(scratch, compression="none"))
+  # The main output is (records, blob); tagged ones are counts and dead letters.
+  blobs = [o for o in outputs if isinstance(o, tuple)]
+  clock.time("write", lambda: _write(blobs, scratch))
   return sum(len(c.records) for c in chunks)
+
+
+def _write(blobs, directory):
+  writer = ShardWriter(directory, "predictions", ".tfrecord")
+  for records, blob in blobs:
+    writer.write(blob, records)
+  writer.close()
+  os.remove(writer.path)
 
 
 def report(clock, kind, rows):
@@ -101,8 +108,8 @@ def report(clock, kind, rows):
                    med["dofn"][1] - med["score"][1]))
   for name, wall, cpu in lines:
     print(f"  {name:10s} {wall:7.2f} / {cpu:7.2f}")
-  total = [med["read"][i] + med["dofn"][i] + med["count"][i] for i in (0, 1)]
-  print(f"  {'total':10s} {total[0]:7.2f} / {total[1]:7.2f}  (read + dofn + count) "
+  total = [med["read"][i] + med["dofn"][i] + med["write"][i] for i in (0, 1)]
+  print(f"  {'total':10s} {total[0]:7.2f} / {total[1]:7.2f}  (read + dofn + write) "
         f"-> {1e6 / total[0]:,.0f} rows/s wall")
 
 
@@ -123,8 +130,7 @@ def main():
   clock = _Clock()
   with tempfile.TemporaryDirectory(prefix="tfcascade-breakdown-") as tmp:
     for _ in range(args.passes):
-      rows = one_pass(clock, config, files, session, dofn,
-                      os.path.join(tmp, "written.tfrecord"))
+      rows = one_pass(clock, config, files, session, dofn, tmp)
   dofn.teardown()
   session.close()
   report(clock, args.kind, rows)

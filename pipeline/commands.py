@@ -9,6 +9,7 @@ import sys
 from pipeline import exit_codes
 from pipeline.config import ConfigError, load_config
 from pipeline.summary_text import format_summary
+from transforms import output_layout as layout
 from transforms import publish
 
 _LOG = logging.getLogger("tfcascade")
@@ -76,14 +77,14 @@ def run(args, beam_args) -> int:
     return _refused(problem)
   try:
     summary = job.run(config, beam_args, overwrite=args.overwrite, pre=pre)
-  except publish.OutputExistsError as e:
+  except (publish.OutputExistsError, publish.RunInProgressError) as e:
     return _refused(str(e))
   except Exception as e:  # the pipeline failed on a worker; name it plainly
     print(f"tfcascade: run FAILED: {_root_cause(e)}", file=sys.stderr)
     return exit_codes.FAILED
   if summary is None:
     print(f"job submitted without waiting (template or dry run); its last step "
-          f"checks the counts and writes {publish.SUCCESS} under "
+          f"checks the counts and writes {layout.SUCCESS} under "
           f"{config.output_path} when it completes")
     return exit_codes.OK
   print(format_summary(summary))
@@ -91,12 +92,17 @@ def run(args, beam_args) -> int:
 
 
 def _root_cause(error: BaseException) -> str:
-  """Beam wraps worker errors several times; the innermost line says most."""
+  """Beam wraps worker errors several times; our own error's line says most."""
   from transforms.read import CorruptInputError  # pylint: disable=g-import-not-at-top
+  from transforms.scoring import StageFailedError  # pylint: disable=g-import-not-at-top
+  # Errors a worker raises on purpose: their message names the culprit.
+  ours = (CorruptInputError, StageFailedError, publish.AccountingError,
+          publish.RejectionError, publish.ConcurrentRunError)
   text = str(error)
-  marker = CorruptInputError.__name__ + ": "
-  if marker in text:
-    return text[text.rindex(marker):].splitlines()[0]
+  markers = [f"{cls.__name__}: " for cls in ours]
+  found = [text.rindex(marker) for marker in markers if marker in text]
+  if found:
+    return text[max(found):].splitlines()[0]
   lines = [l for l in text.strip().splitlines() if l.strip()]
   return lines[-1] if lines else repr(error)
 

@@ -103,6 +103,10 @@ class Session(_Model):
 class DeadLetter(_Model):
   # Rows whose float outputs hold NaN/Inf are dead-lettered, not written.
   non_finite_outputs: bool = True
+  # The largest share of records read that may be dead-lettered in a run
+  # that still publishes: a handful of bad records in a big run pass, a run
+  # that rejects everything (an upstream schema change) fails. 1 accepts any.
+  max_fraction: float = pydantic.Field(default=0.01, ge=0.0, le=1.0)
 
 
 class JobConfig(_Model):

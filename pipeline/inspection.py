@@ -11,7 +11,7 @@ from typing import Dict, Iterator, List, Optional
 import numpy as np
 
 from pipeline.summary_text import format_summary
-from transforms import publish
+from transforms import output_layout as layout
 from transforms.engine.spec import LIST_KIND_DTYPES
 
 _SCHEMA_SAMPLE = 1000
@@ -24,8 +24,8 @@ class InspectError(ValueError):
 def describe(path: str, label: str = "label") -> str:
   """Returns a human-readable description of `path`."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  if tf.io.gfile.exists(os.path.join(path, publish.SUMMARY)) or tf.io.gfile.glob(
-      os.path.join(path, publish.PREDICTIONS + "-*")):
+  if tf.io.gfile.exists(os.path.join(path, layout.SUMMARY)) or tf.io.gfile.glob(
+      os.path.join(path, layout.PREDICTIONS + "-*")):
     return describe_output(path, label)
   if tf.io.gfile.exists(path + ".index") or (
       tf.io.gfile.isdir(path) and tf.io.gfile.glob(os.path.join(path, "*.index"))):
@@ -145,15 +145,15 @@ def describe_output(path: str, label: str) -> str:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   lines = []
   summary = None
-  summary_path = os.path.join(path, publish.SUMMARY)
+  summary_path = os.path.join(path, layout.SUMMARY)
   if tf.io.gfile.exists(summary_path):
     with tf.io.gfile.GFile(summary_path) as f:
       summary = json.load(f)
     lines.append(format_summary(summary))
-  complete = tf.io.gfile.exists(os.path.join(path, publish.SUCCESS))
-  lines.append(f"complete ({publish.SUCCESS} present)" if complete
-               else f"INCOMPLETE: no {publish.SUCCESS}")
-  files = sorted(tf.io.gfile.glob(os.path.join(path, publish.PREDICTIONS + "-*.tfrecord*")))
+  complete = tf.io.gfile.exists(os.path.join(path, layout.SUCCESS))
+  lines.append(f"complete ({layout.SUCCESS} present)" if complete
+               else f"INCOMPLETE: no {layout.SUCCESS}")
+  files = sorted(tf.io.gfile.glob(os.path.join(path, layout.PREDICTIONS + "-*.tfrecord*")))
   if not files:
     return "\n".join(lines)
   columns = collections.defaultdict(list)

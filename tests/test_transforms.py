@@ -73,15 +73,23 @@ def test_run_cascade_outputs_blobs_dead_letters_and_counts(spec):
                       + [(20, b"garbage")])
   with TestPipeline(options=PipelineOptions(DIRECT)) as p:
     scored = p | beam.Create([chunk]) | RunCascade(spec, passthrough=["id"])
+    # Each (records, blob) pair says how many records its blob holds.
     n_written = scored.blobs | beam.Map(
-        lambda blob: sum(1 for _ in framing.iter_records(
-            __import__("io").BytesIO(blob), "blob")))
-    assert_that(n_written | "Sum" >> beam.CombineGlobally(sum), equal_to([20]))
+        lambda pair: (pair[0], sum(1 for _ in framing.iter_records(
+            __import__("io").BytesIO(pair[1]), "blob"))))
+    assert_that(n_written | beam.Map(lambda c: c[0] == c[1]) | "AllTrue" >> beam.CombineGlobally(all),
+                equal_to([True]), label="CountsMatchBlobs")
+    assert_that(n_written | beam.Map(lambda c: c[1]) | "Sum" >> beam.CombineGlobally(sum),
+                equal_to([20]))
     assert_that(scored[DEAD_LETTER_TAG] | beam.Map(lambda d: (d["source"], d["index"])),
                 equal_to([("src.tfrecord", 20)]), label="DeadLetters")
     totals = scored[COUNTS_TAG] | beam.CombinePerKey(sum)
-    assert_that(totals | beam.Filter(lambda kv: kv[0] in ("records_read", "rows_in/a")),
-                equal_to([("records_read", 21), ("rows_in/a", 20)]), label="Counts")
+    assert_that(totals | beam.Filter(lambda kv: kv[0] in ("rows_in/a", "rows_run/a")),
+                equal_to([("rows_in/a", 20), ("rows_run/a", 20)]), label="Counts")
+    reasons = totals | beam.Filter(lambda kv: kv[0].startswith("dead_reason:"))
+    assert_that(reasons | beam.Map(lambda kv: (kv[0].startswith(
+        "dead_reason:record does not parse"), kv[1])), equal_to([(True, 1)]),
+                label="DeadReasons")
 
 
 def _encoded_blobs(spec, output_format, records):
@@ -90,8 +98,8 @@ def _encoded_blobs(spec, output_format, records):
   dofn = _CascadeDoFn(spec, beam.utils.shared.Shared(), output_format, ["id"], True)
   dofn.setup()
   try:
-    return [o for o in dofn.process(RecordChunk("s", list(enumerate(records))))
-            if isinstance(o, bytes)]
+    return [o[1] for o in dofn.process(RecordChunk("s", list(enumerate(records))))
+            if isinstance(o, tuple)]
   finally:
     dofn.teardown()
 
@@ -144,8 +152,8 @@ def test_mutated_examples_are_all_accounted_for(dofn, mutations):
       data[pos % len(data)] = value
     records.append(bytes(data[:max(len(data) - cut, 0)]))
   outputs = list(dofn.process(RecordChunk("fuzz", list(enumerate(records)))))
-  written = sum(1 for o in outputs if isinstance(o, bytes)
-                for _ in framing.iter_records(io.BytesIO(o), "blob"))
+  written = sum(1 for o in outputs if isinstance(o, tuple)
+                for _ in framing.iter_records(io.BytesIO(o[1]), "blob"))
   dead = [o.value for o in outputs
           if isinstance(o, beam.pvalue.TaggedOutput) and o.tag == DEAD_LETTER_TAG]
   assert written + len(dead) == len(records)
@@ -206,26 +214,3 @@ def test_jsonl_copies_raw_passthrough(spec):
   rows = [json.loads(line) for blob in blobs for line in blob.decode().splitlines()]
   assert [r["id"] for r in rows] == [[f"id-{i}"] for i in range(5)]
   assert all(len(r["a/logits"]) == 10 for r in rows)
-
-
-def test_dead_letter_files_count_record_entries_only(tmp_path):
-  """Quarantine entries stand for damaged file tails, not records; the count
-  of a dead-letter file skips them (and blank lines)."""
-  import json  # pylint: disable=g-import-not-at-top
-  from transforms import dead_letters  # pylint: disable=g-import-not-at-top
-  from transforms.write import CountWrittenRecords  # pylint: disable=g-import-not-at-top
-  entries = [dead_letters.record_entry("f", 3, "bad", b"\x00\xff"),
-             dead_letters.quarantine_entry("g", 7, 112, "damaged", 7),
-             # An error text naming the quarantine field is still a record.
-             dead_letters.record_entry("h", 0, '"records_salvaged"', b"")]
-  path = tmp_path / "dead_letter-00000-of-00001.jsonl"
-  path.write_text("".join(json.dumps(e, sort_keys=True) + "\n" for e in entries)
-                  + "\n")
-  assert [dead_letters.is_quarantine(e) for e in entries] == [False, True, False]
-  assert entries[0]["raw_b64"] == "AP8="
-  assert sorted(entries[1]) == ["error", "index", "offset", "raw_b64",
-                                "records_salvaged", "source"]
-  with TestPipeline(options=PipelineOptions(DIRECT)) as p:
-    counts = (p | beam.Create([str(path)])
-              | CountWrittenRecords("dead_letter", "records_dead_lettered_written"))
-    assert_that(counts, equal_to([("records_dead_lettered_written", 2)]))

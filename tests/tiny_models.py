@@ -33,6 +33,24 @@ def linear_builder(inputs):
           "confidence": tf.reduce_max(tf.nn.softmax(logits), axis=1)}
 
 
+def broken_builder(inputs):
+  """linear_builder, then a CheckNumerics that fails on EVERY row (the log of
+  a negative number): a broken model, whatever the data."""
+  out = linear_builder(inputs)
+  checked = tf.debugging.check_numerics(tf.math.log(out["confidence"] - 2.0),
+                                        "broken model")
+  return {"logits": out["logits"], "checked": checked}
+
+
+def fragile_builder(inputs):
+  """linear_builder, then a CheckNumerics that fails only on rows whose first
+  pixel is below -100: one bad row makes the model fail."""
+  out = linear_builder(inputs)
+  checked = tf.debugging.check_numerics(
+      tf.math.log(inputs["pixels"][:, 0] + 100.0), "fragile model")
+  return {"logits": out["logits"], "checked": checked}
+
+
 def _linear_graph(seed, in_dim, use_resource):
   x = tf1.placeholder(tf.float32, [None, in_dim], name="input")
   logits = tf.identity(_dense(x, 10, "dense", seed, use_resource), name="logits")

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import List, NamedTuple, Optional, Tuple
+from typing import Iterator, List, NamedTuple, Optional, Tuple, Union
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from transforms import dead_letters
+from transforms import dead_letters, publish
 from transforms import tfrecord_framing as framing
 
-__all__ = ["ReadRecordChunks", "RecordChunk", "ReadRange", "QUARANTINE_TAG"]
+__all__ = ["ReadRecordChunks", "RecordChunk", "ReadRange", "QUARANTINE_TAG",
+           "READ_COUNTS_TAG", "plan_ranges", "read_range"]
 
 QUARANTINE_TAG = "quarantine"
+READ_COUNTS_TAG = "read_counts"
 _LOG = logging.getLogger("tfcascade")
 NAMESPACE = "tfcascade"
 
@@ -49,45 +51,85 @@ def open_raw(path):
   return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
+def plan_ranges(file: Tuple[str, str, int], split_bytes: int,
+                max_record_bytes: int) -> List[ReadRange]:
+  """The ReadRanges of one input file: the whole file, or (a big uncompressed
+  one) byte ranges on record boundaries from its tfrecord2idx index or a scan.
+
+  Args:
+    file: (path, compression "none"|"gzip", size in bytes).
+    split_bytes: files larger than this are split.
+    max_record_bytes: largest record accepted while scanning.
+  """
+  path, compression, size = file
+  if compression != "none" or size <= split_bytes:
+    return [ReadRange(path, compression)]
+  entries = _index(path, size, max_record_bytes)
+  if entries is None:  # damaged file: let the reader name the damage
+    return [ReadRange(path, compression)]
+  splits = max(1, math.ceil(size / split_bytes))
+  return [ReadRange(path, compression, start_index, start, end)
+          for start_index, start, end in framing.split_ranges(entries, splits)]
+
+
+def _index(path, size, max_record_bytes):
+  idx = framing.index_path(path)
+  if FileSystems.exists(idx):
+    entries = framing.read_index(idx, open_fn=open_raw)
+    # An index that does not end at the file's end is stale (the file grew
+    # or was rewritten); trusting it would silently skip records.
+    if entries and entries[-1][0] + entries[-1][1] == size:
+      return entries
+    _LOG.warning("ignoring stale index %s: it does not cover %s's %d bytes",
+                 idx, path, size)
+  try:
+    return framing.build_index(path, max_record_bytes=max_record_bytes,
+                               open_fn=open_raw)
+  except framing.CorruptRecordError:
+    return None
+
+
+def read_range(task: ReadRange, chunk_size: int, max_record_bytes: int,
+               on_corrupt: str) -> Iterator[Union[RecordChunk, dict]]:
+  """Reads one ReadRange: RecordChunks, then (damage under 'quarantine') one
+  quarantine dead-letter entry for the rest of the file.
+
+  Raises:
+    CorruptInputError: damaged framing under on_corrupt 'fail'.
+  """
+  salvaged = 0
+  try:
+    for chunk in framing.read_record_chunks(
+        task.path, compression=task.compression, chunk_size=chunk_size,
+        max_record_bytes=max_record_bytes, start_offset=task.start_offset,
+        end_offset=task.end_offset, start_index=task.start_index,
+        open_fn=open_raw):
+      salvaged += len(chunk)
+      yield RecordChunk(task.path, chunk)
+  except framing.CorruptRecordError as e:
+    if on_corrupt == "fail":
+      raise CorruptInputError(
+          f"{e} (input.on_corrupt is 'fail'; set it to 'quarantine' to keep "
+          f"the records before the damage and go on)") from None
+    yield dead_letters.quarantine_entry(
+        e.path, e.index, e.offset,
+        f"corrupt TFRecord framing: {e.reason}; rest of file skipped", salvaged)
+
+
 class _PlanRanges(beam.DoFn):
-  """Splits a big uncompressed file into byte ranges using its record index."""
+  """Splits a big uncompressed file into byte ranges (see plan_ranges)."""
 
   def __init__(self, split_bytes: int, max_record_bytes: int):
     self._split_bytes = split_bytes
     self._max_record_bytes = max_record_bytes
 
   def process(self, file: Tuple[str, str, int]):
-    path, compression, size = file
-    if compression != "none" or size <= self._split_bytes:
-      yield ReadRange(path, compression)
-      return
-    entries = self._index(path, size)
-    if entries is None:  # damaged file: let the reader name the damage
-      yield ReadRange(path, compression)
-      return
-    splits = max(1, math.ceil(size / self._split_bytes))
-    for start_index, start, end in framing.split_ranges(entries, splits):
-      yield ReadRange(path, compression, start_index, start, end)
-
-  def _index(self, path, size):
-    idx = framing.index_path(path)
-    if FileSystems.exists(idx):
-      entries = framing.read_index(idx, open_fn=open_raw)
-      # An index that does not end at the file's end is stale (the file grew
-      # or was rewritten); trusting it would silently skip records.
-      if entries and entries[-1][0] + entries[-1][1] == size:
-        return entries
-      _LOG.warning("ignoring stale index %s: it does not cover %s's %d bytes",
-                   idx, path, size)
-    try:
-      return framing.build_index(path, max_record_bytes=self._max_record_bytes,
-                                 open_fn=open_raw)
-    except framing.CorruptRecordError:
-      return None
+    yield from plan_ranges(file, self._split_bytes, self._max_record_bytes)
 
 
 class _ReadChunks(beam.DoFn):
-  """Reads one ReadRange; yields RecordChunks, quarantine entries tagged."""
+  """Reads one ReadRange; yields RecordChunks, quarantine entries and the
+  records_read count (tagged): records are counted where they are read."""
 
   def __init__(self, chunk_size: int, max_record_bytes: int, on_corrupt: str):
     self._chunk_size = chunk_size
@@ -97,25 +139,17 @@ class _ReadChunks(beam.DoFn):
     self._files_quarantined = beam.metrics.Metrics.counter(NAMESPACE, "files_quarantined")
 
   def process(self, task: ReadRange):
-    salvaged = 0
-    try:
-      for chunk in framing.read_record_chunks(
-          task.path, compression=task.compression, chunk_size=self._chunk_size,
-          max_record_bytes=self._max_record_bytes, start_offset=task.start_offset,
-          end_offset=task.end_offset, start_index=task.start_index,
-          open_fn=open_raw):
-        salvaged += len(chunk)
-        self._records_read.inc(len(chunk))
-        yield RecordChunk(task.path, chunk)
-    except framing.CorruptRecordError as e:
-      if self._on_corrupt == "fail":
-        raise CorruptInputError(
-            f"{e} (input.on_corrupt is 'fail'; set it to 'quarantine' to keep "
-            f"the records before the damage and go on)") from None
-      self._files_quarantined.inc()
-      yield beam.pvalue.TaggedOutput(QUARANTINE_TAG, dead_letters.quarantine_entry(
-          e.path, e.index, e.offset,
-          f"corrupt TFRecord framing: {e.reason}; rest of file skipped", salvaged))
+    read = 0
+    for item in read_range(task, self._chunk_size, self._max_record_bytes,
+                           self._on_corrupt):
+      if isinstance(item, RecordChunk):
+        read += len(item.records)
+        self._records_read.inc(len(item.records))
+        yield item
+      else:
+        self._files_quarantined.inc()
+        yield beam.pvalue.TaggedOutput(QUARANTINE_TAG, item)
+    yield beam.pvalue.TaggedOutput(READ_COUNTS_TAG, (publish.RECORDS_READ, read))
 
 
 class CorruptInputError(RuntimeError):
@@ -123,7 +157,8 @@ class CorruptInputError(RuntimeError):
 
 
 class ReadRecordChunks(beam.PTransform):
-  """Files -> RecordChunks (main) and quarantine dead letters (tagged).
+  """Files -> RecordChunks (main), quarantine dead letters and
+  (records_read, n) counts (tagged).
 
   Args:
     files: (path, compression "none"|"gzip", size in bytes) per input file,
@@ -149,4 +184,4 @@ class ReadRecordChunks(beam.PTransform):
             | "SpreadRanges" >> beam.Reshuffle()
             | "ReadChunks" >> beam.ParDo(_ReadChunks(
                 self._chunk_size, self._max_record_bytes, self._on_corrupt)
-            ).with_outputs(QUARANTINE_TAG, main="chunks"))
+            ).with_outputs(QUARANTINE_TAG, READ_COUNTS_TAG, main="chunks"))

@@ -12,15 +12,15 @@ import logging
 import pickle
 import threading
 import time
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Optional, Sequence
 
 import apache_beam as beam
-import numpy as np
 from apache_beam.utils import shared
 
-from transforms import dead_letters, example_codec
-from transforms.encode import ENCODERS
+from transforms import publish, staging
 from transforms.read import NAMESPACE, RecordChunk
+from transforms.scoring import ChunkScorer, reason_class
+from transforms.staging import RunStaging
 
 __all__ = ["RunCascade", "DEAD_LETTER_TAG", "COUNTS_TAG"]
 
@@ -42,6 +42,16 @@ class _SharedSession:
     self._records = 0
     self._stage_rows: Dict[str, int] = {}
     self._start = self._last_log = time.monotonic()
+    self._last_beat = float("-inf")
+
+  def heartbeat_due(self) -> bool:
+    """True at most once per staging.HEARTBEAT_S in this process."""
+    with self._lock:
+      now = time.monotonic()
+      if now - self._last_beat < staging.HEARTBEAT_S:
+        return False
+      self._last_beat = now
+      return True
 
   def report_open_once(self) -> bool:
     """True for exactly one caller: metrics only count inside a bundle, not
@@ -67,18 +77,18 @@ class _SharedSession:
 
 
 class _CascadeDoFn(beam.DoFn):
-  """Scores RecordChunks; isolates bad records into dead letters."""
+  """Scores RecordChunks (transforms.scoring) and emits what came out."""
 
   def __init__(self, spec, shared_handle, output_format: str,
-               passthrough: Sequence[str], reject_non_finite: bool):
+               passthrough: Sequence[str], reject_non_finite: bool,
+               run: Optional[RunStaging] = None):
     # Specs only: DoFns must pickle small. Initialized in setup().
     self._spec = spec
     self._shared = shared_handle
-    self._encode = ENCODERS[output_format]
-    # Passthrough features the engine does not return parsed are copied from
-    # the raw records.
-    self._raw_passthrough = tuple(n for n in passthrough if n not in spec.passthrough)
+    self._output_format = output_format
+    self._passthrough = tuple(passthrough)
     self._reject_non_finite = reject_non_finite
+    self._run = run
     self._tag = hashlib.sha256(pickle.dumps(spec)).hexdigest()
     self._shared_session = None
     m = beam.metrics.Metrics
@@ -102,139 +112,75 @@ class _CascadeDoFn(beam.DoFn):
       return _SharedSession(session, int((time.perf_counter() - start) * 1000))
 
     self._shared_session = self._shared.acquire(load, tag=self._tag)
+    self._scorer = ChunkScorer(self._shared_session.session, self._output_format,
+                               self._passthrough, self._reject_non_finite)
 
   def start_bundle(self):
     if self._shared_session.report_open_once():
       self._sessions_opened.inc()
       self._load_ms.update(self._shared_session.load_ms)
+    if self._run is not None and self._shared_session.heartbeat_due():
+      try:
+        staging.heartbeat(self._run)
+      except Exception:  # pylint: disable=broad-except; a missed beat is not fatal
+        _LOG.warning("heartbeat of run %s failed", self._run.run_id, exc_info=True)
 
   def process(self, chunk: RecordChunk):
-    indices = [i for i, _ in chunk.records]
-    records = [r for _, r in chunk.records]
-    yield beam.pvalue.TaggedOutput(COUNTS_TAG, ("records_read", len(records)))
-    dead: List[Tuple[int, str]] = []
-    for positions, outputs, parsed, rows_run in self._run_isolating(
-        records, np.arange(len(records)), dead):
-      for stage, n in rows_run.items():
-        yield beam.pvalue.TaggedOutput(COUNTS_TAG, (f"rows_in/{stage}", len(positions)))
-        yield beam.pvalue.TaggedOutput(COUNTS_TAG, (f"rows_run/{stage}", n))
-      keep = (self._finite_rows(outputs, positions, dead) if self._reject_non_finite
-              else np.ones(len(positions), dtype=bool))
-      raw = self._copy_raw_passthrough(records, positions, keep, dead)
-      if keep.any():
-        columns = {k: v[keep] for k, v in {**parsed, **outputs}.items()}
-        yield self._encode(columns, int(keep.sum()), raw)
-    for position, reason in dead:
-      self._dead.inc()
-      yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead_letters.record_entry(
-          chunk.source, indices[position], reason, records[position]))
+    scored = self._scorer.score(chunk)
+    self._update_metrics(scored)
+    for stage in scored.rows_in:
+      yield beam.pvalue.TaggedOutput(COUNTS_TAG, (f"rows_in/{stage}", scored.rows_in[stage]))
+      yield beam.pvalue.TaggedOutput(COUNTS_TAG, (f"rows_run/{stage}", scored.rows_run[stage]))
+    yield from scored.blobs
+    for entry in scored.dead_letters:
+      yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, entry)
+      yield beam.pvalue.TaggedOutput(
+          COUNTS_TAG, (f"{publish.DEAD_REASON}{reason_class(entry['error'])}", 1))
 
-  def _run_isolating(self, records, positions, dead):
-    """Runs a batch; on a parse error, bisects until bad records are alone.
-
-    Yields (positions, stage outputs, parsed passthrough features, rows run
-    per stage) for the good parts; appends
-    (position, reason) to `dead` for each record that fails on its own.
-    """
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    try:
-      start = time.perf_counter()
-      result = self._shared_session.session.run([records[p] for p in positions])
-      self._batch_latency.update(int((time.perf_counter() - start) * 1e6))
-    # TF reports an unparseable record either as InvalidArgumentError or, when
-    # its message quotes non-UTF-8 record bytes, as a UnicodeDecodeError.
-    except (tf.errors.InvalidArgumentError, UnicodeDecodeError) as e:
-      self._failed_batches.inc()
-      if len(positions) == 1:
-        dead.append((int(positions[0]), _reason(e)))
-        return
-      middle = len(positions) // 2
-      yield from self._run_isolating(records, positions[:middle], dead)
-      yield from self._run_isolating(records, positions[middle:], dead)
-      return
-    self._batch_size.update(len(positions))
-    self._inferences.inc(len(positions))
-    rows_run, outputs, parsed = {}, {}, {}
-    for key, value in result.items():
-      if key.endswith("/rows_run"):
-        rows_run[key[:-len("/rows_run")]] = int(value)
-      elif key.startswith("passthrough/"):
-        parsed[key[len("passthrough/"):]] = value
-      else:
-        outputs[key] = value
+  def _update_metrics(self, scored) -> None:
+    """RunInference-style metrics and the progress log (informative only:
+    the accounting uses counts emitted as data)."""
+    for latency in scored.batch_latencies_us:
+      self._batch_latency.update(latency)
+    rows = sum(scored.rows_in.values()) // max(len(scored.rows_in), 1)
+    if rows:
+      self._batch_size.update(rows)
+      self._inferences.inc(rows)
+    self._failed_batches.inc(scored.failed_calls)
+    self._dead.inc(len(scored.dead_letters))
     for stage, (rows_in, ran) in self._stage_counters.items():
-      rows_in.inc(len(positions))
-      ran.inc(rows_run[stage])
-    self._shared_session.progress(len(positions), rows_run)
-    yield positions, outputs, parsed, rows_run
-
-  def _copy_raw_passthrough(self, records, positions, keep, dead):
-    """Serialized passthrough Features of the kept rows, copied byte for byte.
-
-    A record TF's parser accepted can still hold a malformed field elsewhere;
-    such a row becomes a dead letter (its `keep` entry is cleared in place).
-    """
-    if not self._raw_passthrough:
-      return None
-    raw = {name: [] for name in self._raw_passthrough}
-    for i in np.flatnonzero(keep):
-      try:
-        found = example_codec.raw_feature_bytes(records[positions[i]],
-                                                self._raw_passthrough)
-      except ValueError as e:
-        keep[i] = False
-        dead.append((int(positions[i]), f"passthrough features cannot be copied: {e}"))
-        continue
-      for name in self._raw_passthrough:
-        raw[name].append(found.get(name))
-    return raw
-
-  def _finite_rows(self, outputs, positions, dead) -> np.ndarray:
-    """A keep-mask; rows with NaN/Inf in any float output become dead letters."""
-    bad = np.zeros(len(positions), dtype=bool)
-    for name, value in outputs.items():
-      if value.dtype.kind != "f":
-        continue
-      row_bad = ~np.isfinite(value.reshape(len(positions), -1)).all(axis=1)
-      for i in np.flatnonzero(row_bad & ~bad):
-        dead.append((int(positions[i]), f"non-finite model output {name} (NaN or Inf)"))
-      bad |= row_bad
-    return ~bad
+      rows_in.inc(scored.rows_in[stage])
+      ran.inc(scored.rows_run[stage])
+    self._shared_session.progress(rows, scored.rows_run)
 
   def teardown(self):
     # The session is shared by the process and closed when the Shared
     # handle's last reference goes; here we only drop ours.
-    self._shared_session = None
-
-
-def _reason(error) -> str:
-  """The first line of a parse error, which names the feature at fault."""
-  if isinstance(error, UnicodeDecodeError):
-    return "record does not parse: not a serialized tf.train.Example"
-  text = getattr(error, "message", str(error)).strip().splitlines()[0]
-  return f"record does not parse: {text[:500]}"
+    self._shared_session = self._scorer = None
 
 
 class RunCascade(beam.PTransform):
-  """RecordChunks -> output blobs (main), dead letters and counts (tagged).
+  """RecordChunks -> (records, blob) pairs (main), dead letters and counts
+  (tagged: rows_in/<stage>, rows_run/<stage>, dead_reason:<reason>).
 
   Args:
     spec: the engine's CascadeSpec.
     output_format: "tfrecord" or "jsonl".
     passthrough: input features copied to the output unchanged.
     reject_non_finite: dead-letter rows whose outputs hold NaN/Inf.
+    run: the run's staging; workers beat its marker while they score, so a
+      job whose launcher does not wait (a Dataflow template) is seen alive by
+      other launches, and dead soon after it stops (transforms.staging).
   """
 
   def __init__(self, spec, output_format: str = "tfrecord",
-               passthrough: Sequence[str] = (), reject_non_finite: bool = True):
+               passthrough: Sequence[str] = (), reject_non_finite: bool = True,
+               run: Optional[RunStaging] = None):
     super().__init__()
-    self._spec = spec
-    self._output_format = output_format
-    self._passthrough = passthrough
-    self._reject_non_finite = reject_non_finite
+    self._args = (spec, output_format, passthrough, reject_non_finite, run)
 
   def expand(self, chunks):
+    spec, output_format, passthrough, reject_non_finite, run = self._args
     return chunks | "ScoreChunks" >> beam.ParDo(_CascadeDoFn(
-        self._spec, shared.Shared(), self._output_format, self._passthrough,
-        self._reject_non_finite)).with_outputs(DEAD_LETTER_TAG, COUNTS_TAG,
-                                               main="blobs")
+        spec, shared.Shared(), output_format, passthrough, reject_non_finite,
+        run)).with_outputs(DEAD_LETTER_TAG, COUNTS_TAG, main="blobs")

@@ -1,99 +1,98 @@
-"""Writing blobs into sharded files, then counting what was actually written.
+"""Writing (records, blob) pairs into staged files, counted as they are written.
 
 Elements are ready-to-append file bytes (a batch of framed TFRecords or JSON
-lines), so the sink appends them as they are. Beam's FileBasedSink gives
-temp-file writing and atomic rename to `prefix-SSSSS-of-NNNNN<suffix>`.
+lines) with the number of records they hold. Each bundle attempt writes its
+own uniquely named file (transforms.shard_writer) and emits the
+`(file key, records)` count of it; the runner keeps committed bundles' outputs
+only, so `transforms.publish.finalize` publishes exactly the committed files,
+and a retried bundle can neither drop nor duplicate records.
 """
 
 from __future__ import annotations
 
 import json
+import random
+from typing import Tuple
 
 import apache_beam as beam
-from apache_beam.io import filebasedsink
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms import window
 
-from transforms import dead_letters
-from transforms import tfrecord_framing as framing
-from transforms.read import NAMESPACE, open_raw
+from transforms import publish
+from transforms.read import NAMESPACE
+from transforms.shard_writer import ShardWriter
 
-__all__ = ["WriteBlobs", "CountWrittenRecords"]
+__all__ = ["WriteShards", "dead_letter_line"]
 
 
-class _BlobSink(filebasedsink.FileBasedSink):
-  """A FileBasedSink whose elements are already-encoded file bytes."""
-
-  def __init__(self, file_path_prefix, file_name_suffix, num_shards, compression):
-    super().__init__(
-        file_path_prefix, coder=beam.coders.BytesCoder(),
-        file_name_suffix=file_name_suffix, num_shards=num_shards,
-        shard_name_template="-SSSSS-of-NNNNN",
-        mime_type="application/octet-stream",
-        compression_type=(CompressionTypes.GZIP if compression == "gzip"
-                          else CompressionTypes.UNCOMPRESSED))
-
-  def write_encoded_record(self, file_handle, encoded_record):
-    file_handle.write(encoded_record)
+def dead_letter_line(entry: dict) -> Tuple[int, bytes]:
+  """A dead-letter entry as a JSON line: (1 record, its bytes)."""
+  return 1, (json.dumps(entry, sort_keys=True) + "\n").encode("utf-8")
 
 
-class WriteBlobs(beam.PTransform):
-  """Blobs -> sharded files; outputs the final file names."""
+class _WriteBundleFile(beam.DoFn):
+  """Writes each bundle's elements into one new staged file."""
 
-  def __init__(self, file_path_prefix: str, file_name_suffix: str,
-               num_shards: int = 0, compression: str = "none"):
-    super().__init__()
-    self._sink = _BlobSink(file_path_prefix, file_name_suffix, num_shards, compression)
+  def __init__(self, directory: str, kind: str, suffix: str, compression: str):
+    self._args = (directory, kind, suffix, compression)
+    self._written = beam.metrics.Metrics.counter(NAMESPACE, f"{kind}_records_written")
+    self._writer = None
 
-  def expand(self, blobs):
-    return blobs | "WriteShards" >> beam.io.Write(self._sink)
+  def start_bundle(self):
+    self._writer = ShardWriter(*self._args)
 
+  def process(self, element: Tuple[int, bytes]):
+    records, blob = element
+    self._writer.write(blob, records)
 
-class _CountRecords(beam.DoFn):
-  """Counts the records in a written file by reading it back."""
-
-  def __init__(self, file_format: str, count_key: str):
-    self._file_format = file_format
-    self._count_key = count_key
-    self._counter = beam.metrics.Metrics.counter(NAMESPACE, count_key)
-
-  def process(self, path: str):
-    if self._file_format == "tfrecord":  # walks the framing; data is skipped
-      records = framing.count_records(path, open_fn=open_raw)
-    else:
-      records = _count_lines(path, self._file_format == "dead_letter")
-    self._counter.inc(records)
-    yield (self._count_key, records)
+  def finish_bundle(self):
+    written = self._writer.close()
+    self._writer = None
+    if written is not None:
+      self._written.inc(written.records)
+      yield window.GlobalWindows.windowed_value(publish.file_count(written))
 
 
-def _count_lines(path: str, dead_letter: bool) -> int:
-  """Non-blank lines; in a dead-letter file, record entries only (quarantine
-  entries stand for damaged file tails, not records)."""
-  records = 0
-  with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as f:
-    for line in f:
-      if not line.strip():
-        continue
-      if dead_letter and dead_letters.is_quarantine(json.loads(line)):
-        continue
-      records += 1
-  return records
+class _WriteGroupFile(beam.DoFn):
+  """Writes one shard's group of elements into one new staged file."""
+
+  def __init__(self, directory: str, kind: str, suffix: str, compression: str):
+    self._args = (directory, kind, suffix, compression)
+    self._written = beam.metrics.Metrics.counter(NAMESPACE, f"{kind}_records_written")
+
+  def process(self, keyed):
+    _, elements = keyed
+    writer = ShardWriter(*self._args)
+    for records, blob in elements:
+      writer.write(blob, records)
+    written = writer.close()
+    if written is not None:
+      self._written.inc(written.records)
+      yield publish.file_count(written)
 
 
-class CountWrittenRecords(beam.PTransform):
-  """Final file names -> (count_key, records in file) pairs.
+class WriteShards(beam.PTransform):
+  """(records, blob) pairs -> staged files; outputs (file key, records) counts.
 
   Args:
-    file_format: "tfrecord" (framed records), "jsonl" (lines) or
-      "dead_letter" (lines; quarantine entries are not records).
-    count_key: the key the counts are reported under.
+    directory: the run's staging directory for files.
+    kind: "predictions", "dead_letter" or "quarantine" (the final file names).
+    suffix: file name suffix (".tfrecord", ".jsonl", + ".gz").
+    num_shards: 0: one file per bundle (the runner decides); N: exactly N
+      groups, one file each (fewer when there are fewer elements).
+    compression: "none" or "gzip".
   """
 
-  def __init__(self, file_format: str, count_key: str):
+  def __init__(self, directory: str, kind: str, suffix: str, num_shards: int = 0,
+               compression: str = "none"):
     super().__init__()
-    self._file_format = file_format
-    self._count_key = count_key
+    self._args = (directory, kind, suffix, compression)
+    self._num_shards = num_shards
 
-  def expand(self, paths):
-    return paths | "CountRecordsInFile" >> beam.ParDo(
-        _CountRecords(self._file_format, self._count_key))
+  def expand(self, blobs):
+    if not self._num_shards:
+      return blobs | "WriteBundleFiles" >> beam.ParDo(_WriteBundleFile(*self._args))
+    n = self._num_shards
+    return (blobs
+            | "AssignShard" >> beam.Map(lambda b: (random.randrange(n), b))
+            | "GroupShards" >> beam.GroupByKey()
+            | "WriteShardFiles" >> beam.ParDo(_WriteGroupFile(*self._args)))

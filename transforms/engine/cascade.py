@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import re
 import time
 import weakref
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -50,6 +51,7 @@ class CascadeGraph:
   Attributes:
     graph: the one graph holding every model.
     serialized: the tf.string [batch] placeholder fed with serialized Examples.
+    parsed: feature name -> its parsed [batch, ...] tensor (the in-graph parse).
     fetches: engine output name ("<stage>/<output>", "<stage>/ran") -> tensor.
     rows_run: stage name -> int32 scalar, rows the stage's model ran on.
     models: stage name -> placed model (Saver + checkpoint).
@@ -57,6 +59,7 @@ class CascadeGraph:
   """
   graph: tf.Graph
   serialized: tf.Tensor
+  parsed: Dict[str, tf.Tensor]
   fetches: Dict[str, tf.Tensor]
   rows_run: Dict[str, tf.Tensor]
   models: Dict[str, PlacedModel]
@@ -99,7 +102,7 @@ def build_cascade_graph(spec: CascadeSpec) -> CascadeGraph:
         rows_run[stage.name] = batch
       models[stage.name] = model
       plan.append(_stage_plan(stage, model, gating))
-  return CascadeGraph(graph, serialized, fetches, rows_run, models, plan)
+  return CascadeGraph(graph, serialized, dict(parsed), fetches, rows_run, models, plan)
 
 
 def _check_stages(stages: Sequence[StageSpec]) -> Dict[str, int]:
@@ -285,12 +288,11 @@ class CascadeSession:
             raise CascadeError(f"stage '{name}': restoring {model.checkpoint.prefix}"
                                f" failed: {e.message.splitlines()[0]}") from e
       graph.finalize()
-      options = config_pb2.CallableOptions()
-      options.feed.append(self.cascade.serialized.name)
-      options.fetch.extend(t.name for t in self.cascade.fetches.values())
-      options.fetch.extend(t.name for t in self.cascade.rows_run.values())
-      # The C++ callable skips Session.run's per-call Python bookkeeping.
-      self._callable = self._session._make_callable_from_options(options)  # pylint: disable=protected-access
+      self._callable = self._make_callable(
+          list(self.cascade.fetches.values()) + list(self.cascade.rows_run.values()))
+      # Parsing alone: tells a record that does not parse from a model that
+      # fails, at a fraction of a cascade call.
+      self._parse_callable = self._make_callable(list(self.cascade.parsed.values()))
     except BaseException:
       self._session.close()
       raise
@@ -298,6 +300,33 @@ class CascadeSession:
     # Release before interpreter teardown; a callable freed after TF's modules
     # are gone raises AttributeError in __del__ (docs/design.md, fact 4).
     atexit.register(_close_if_alive, weakref.ref(self))
+
+  def _make_callable(self, fetches: Sequence[tf.Tensor]):
+    """A C++ callable from the serialized batch to `fetches`: it skips
+    Session.run's per-call Python bookkeeping (docs/design.md, fact 4)."""
+    options = config_pb2.CallableOptions()
+    options.feed.append(self.cascade.serialized.name)
+    options.fetch.extend(t.name for t in fetches)
+    return self._session._make_callable_from_options(options)  # pylint: disable=protected-access
+
+  def parse(self, serialized: Sequence[bytes]) -> None:
+    """Runs only the in-graph parse of a batch.
+
+    Raises:
+      tf.errors.InvalidArgumentError: a record does not parse.
+    """
+    self._parse_callable(np.asarray(serialized, dtype=object))
+
+  def stage_of(self, error: tf.errors.OpError) -> Optional[str]:
+    """The stage whose graph an error's failing node belongs to, if any."""
+    match = re.search(r"\{\{node ([^}]+)\}\}", getattr(error, "message", str(error)))
+    if not match:
+      return None
+    node = match.group(1)
+    for stage in self.spec.stages:
+      if node.startswith((stage.scope + "/", stage.scope + "_gate/")):
+        return stage.name
+    return None
 
   def run(self, serialized: Sequence[bytes]) -> Dict[str, np.ndarray]:
     """Runs the cascade on a batch of serialized `tf.train.Example`s.
@@ -310,7 +339,8 @@ class CascadeSession:
       plus "<stage>/rows_run" (scalar int64) per stage.
 
     Raises:
-      tf.errors.InvalidArgumentError: a record does not parse.
+      tf.errors.OpError: a record does not parse (InvalidArgumentError), or a
+        stage's model fails; `parse` and `stage_of` tell which.
     """
     batch = np.asarray(serialized, dtype=object)
     values = self._callable(batch)
@@ -322,8 +352,8 @@ class CascadeSession:
 
   def close(self) -> None:
     """Releases the callable and the session; safe to call twice."""
-    if getattr(self, "_callable", None) is not None:
-      self._callable = None  # releases the C++ callable before the session
+    # Release the C++ callables before the session.
+    self._callable = self._parse_callable = None
     if getattr(self, "_session", None) is not None:
       self._session.close()
       self._session = None

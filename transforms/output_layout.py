@@ -1,0 +1,75 @@
+"""The output directory's names, and the file operations on it (any Beam
+FileSystems path: local, gs://, ...).
+
+```
+<output>/predictions-SSSSS-of-NNNNN.tfrecord[.gz]   published files
+<output>/dead_letter/dead_letter-SSSSS-of-NNNNN.jsonl
+<output>/dead_letter/quarantine-SSSSS-of-NNNNN.jsonl
+<output>/run_summary.json, run_metrics.json
+<output>/_SUCCESS                                     written last
+<output>/_staging/<run id>/RUN.json                   one directory per run
+<output>/_staging/<run id>/files/...                  what its workers wrote
+<output>/_staging/<run id>/PUBLISH.json               the publish journal
+```
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Iterable, List
+
+from apache_beam.io.filesystems import FileSystems
+
+SUCCESS = "_SUCCESS"
+SUMMARY = "run_summary.json"
+METRICS = "run_metrics.json"  # written by the launcher when it waits
+STAGING = "_staging"
+DEAD_LETTER_DIR = "dead_letter"
+PREDICTIONS = "predictions"
+DEAD_LETTER = "dead_letter"
+QUARANTINE = "quarantine"
+
+# Published files a run of ours leaves (replaced by the next publish).
+PUBLISHED = (f"{PREDICTIONS}-*", SUMMARY, METRICS, f"{DEAD_LETTER_DIR}/*")
+
+
+def join(*parts: str) -> str:
+  return FileSystems.join(*parts)
+
+
+def exists(path: str) -> bool:
+  return FileSystems.exists(path)
+
+
+def matches(pattern: str) -> List[str]:
+  """Paths matching a glob; [] when nothing does."""
+  return [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+
+
+def modified_seconds(path: str) -> float:
+  """The file's last-modified time (epoch seconds), 0 when unknown."""
+  found = FileSystems.match([path])[0].metadata_list
+  return float(found[0].last_updated_in_seconds or 0) if found else 0.0
+
+
+def delete_paths(paths: Iterable[str]) -> None:
+  """Deletes what exists; deepest first, so a directory never goes before
+  its contents."""
+  for path in sorted(set(paths), key=len, reverse=True):
+    if FileSystems.exists(path):
+      FileSystems.delete([path])
+
+
+def delete_tree(path: str) -> None:
+  """A directory and its contents; on object stores, every object under it."""
+  delete_paths(matches(join(path, "**")) + [path])
+
+
+def read_json(path: str):
+  with FileSystems.open(path) as f:
+    return json.loads(f.read().decode("utf-8"))
+
+
+def write_json(path: str, obj) -> None:
+  with FileSystems.create(path) as f:
+    f.write(json.dumps(obj, indent=2, sort_keys=True).encode("utf-8") + b"\n")

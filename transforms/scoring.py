@@ -1,0 +1,271 @@
+"""Scoring one chunk of records: the cascade, bad-record isolation, encoding.
+
+Engine-agnostic (no Beam): the Beam DoFn and the Spark task both call
+`ChunkScorer.score` and only differ in how they emit what it returns.
+
+Failures are told apart, because they mean different things:
+- a record that does not parse is a bad record: a failing batch is bisected
+  with the parse-only callable (cheap) until the bad records are alone; they
+  are dead-lettered with the parser's reason;
+- a model that fails on a batch that parses: bisected with the cascade; a
+  row that makes a stage fail on its own is dead-lettered with a reason
+  naming the stage, but when the stage fails on EVERY row it runs on in the
+  batch (at least two; for a gated stage, the rows its gate passes), the
+  model is broken, not the data: StageFailedError fails the run instead of
+  dead-lettering a billion records one bisection at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+
+from transforms import dead_letters, example_codec
+from transforms.encode import ENCODERS
+from transforms.read import RecordChunk
+
+_REASON_CHARS = 500
+
+
+class StageFailedError(RuntimeError):
+  """A stage's model fails on every row it runs on in a batch that parses."""
+
+
+@dataclasses.dataclass
+class ScoredChunk:
+  """What scoring one chunk produced.
+
+  Attributes:
+    blobs: (records encoded, ready-to-append file bytes) per good part.
+    dead_letters: dead-letter entries (see transforms.dead_letters).
+    rows_in: stage -> rows that reached it.
+    rows_run: stage -> rows its model ran on (the gate).
+    failed_calls: session calls that failed while isolating bad records.
+    batch_latencies_us: wall time of each successful cascade call.
+  """
+  blobs: List[Tuple[int, bytes]]
+  dead_letters: List[dict]
+  rows_in: Dict[str, int]
+  rows_run: Dict[str, int]
+  failed_calls: int = 0
+  batch_latencies_us: List[int] = dataclasses.field(default_factory=list)
+
+  @property
+  def records_scored(self) -> int:
+    return sum(n for n, _ in self.blobs)
+
+
+def reason_class(reason: str) -> str:
+  """A dead-letter reason shortened for counting reasons (top reasons)."""
+  return reason[:120]
+
+
+class ChunkScorer:
+  """Scores RecordChunks with one CascadeSession (which may be shared)."""
+
+  def __init__(self, session, output_format: str, passthrough: Sequence[str],
+               reject_non_finite: bool):
+    """Args:
+      session: a transforms.engine.CascadeSession.
+      output_format: "tfrecord" or "jsonl".
+      passthrough: input features copied to the output unchanged.
+      reject_non_finite: dead-letter rows whose float outputs hold NaN/Inf.
+    """
+    self._session = session
+    self._encode = ENCODERS[output_format]
+    spec = session.spec
+    # Passthrough features the engine does not return parsed are copied from
+    # the raw records.
+    self._raw_passthrough = tuple(n for n in passthrough if n not in spec.passthrough)
+    self._reject_non_finite = reject_non_finite
+    self._stages = {s.name: s for s in spec.stages}
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top; workers have TF
+    # TF reports an unparseable record as InvalidArgumentError or, when its
+    # message quotes non-UTF-8 record bytes, as a UnicodeDecodeError.
+    self._errors = (tf.errors.OpError, UnicodeDecodeError)
+
+  def score(self, chunk: RecordChunk) -> ScoredChunk:
+    """Scores a chunk: encoded good rows, dead letters, per-stage counts.
+
+    Raises:
+      StageFailedError: a stage fails on every row it runs on in a batch
+        whose records all parse.
+    """
+    records = [r for _, r in chunk.records]
+    out = ScoredChunk([], [], {s: 0 for s in self._stages}, {s: 0 for s in self._stages})
+    dead: List[Tuple[int, str]] = []
+    for positions, result in self._run_isolating(records, np.arange(len(records)),
+                                                 dead, out, chunk):
+      self._emit(records, positions, result, dead, out)
+    out.dead_letters = [
+        dead_letters.record_entry(chunk.source, chunk.records[p][0], reason, records[p])
+        for p, reason in dead]
+    return out
+
+  # --- running, and telling bad records from broken models -----------------
+
+  def _run_isolating(self, records, positions, dead, out, chunk):
+    """Yields (positions, result) for the parts that score; appends
+    (position, reason) to `dead` for records that fail on their own."""
+    try:
+      yield positions, self._timed_run(records, positions, out)
+      return
+    except self._errors:
+      out.failed_calls += 1
+    unparsed = self._unparseable(records, positions, out)
+    if unparsed:
+      dead.extend(unparsed)
+      bad = {p for p, _ in unparsed}
+      rest = np.array([p for p in positions if p not in bad], dtype=positions.dtype)
+      if len(rest):
+        yield from self._run_isolating(records, rest, dead, out, chunk)
+      return
+    failures: List[Tuple[int, Exception]] = []
+    parts = list(self._bisect(records, positions, failures, out))
+    if len(failures) > 1 and not self._stage_ran(failures[0][1], parts):
+      raise self._stage_failed(failures[0][1], chunk, positions, len(failures))
+    dead.extend((p, self._model_reason(e)) for p, e in failures)
+    yield from parts
+
+  def _timed_run(self, records, positions, out):
+    start = time.perf_counter()
+    result = self._session.run([records[p] for p in positions])
+    out.batch_latencies_us.append(int((time.perf_counter() - start) * 1e6))
+    return result
+
+  def _unparseable(self, records, positions, out) -> List[Tuple[int, str]]:
+    """Records of `positions` that do not parse on their own, with reasons
+    (bisecting with the parse-only callable)."""
+    try:
+      self._session.parse([records[p] for p in positions])
+      return []
+    except self._errors as e:
+      out.failed_calls += 1
+      if len(positions) == 1:
+        return [(int(positions[0]), _parse_reason(e))]
+    middle = len(positions) // 2
+    return (self._unparseable(records, positions[:middle], out)
+            + self._unparseable(records, positions[middle:], out))
+
+  def _bisect(self, records, positions, failures, out):
+    """Runs the cascade on halves of records that all parse; yields the parts
+    that score, collects (position, error) of rows that fail alone."""
+    try:
+      yield positions, self._timed_run(records, positions, out)
+      return
+    except self._errors as e:
+      out.failed_calls += 1
+      if len(positions) == 1:
+        failures.append((int(positions[0]), e))
+        return
+    middle = len(positions) // 2
+    yield from self._bisect(records, positions[:middle], failures, out)
+    yield from self._bisect(records, positions[middle:], failures, out)
+
+  def _stage_ran(self, error, parts) -> bool:
+    """Whether the failing stage ran on any row of the batch's good parts (for
+    a gated stage, rows its gate did not pass prove nothing)."""
+    stage = self._session.stage_of(error)
+    if stage is None:
+      return bool(parts)
+    return any(_split_result(result)[0].get(stage, 0) > 0 for _, result in parts)
+
+  def _stage_name(self, error) -> str:
+    stage = self._session.stage_of(error)
+    return f"stage '{stage}'" if stage else "a stage"
+
+  def _model_reason(self, error) -> str:
+    return (f"{self._stage_name(error)} fails on this record: "
+            f"{_first_line(error)[:_REASON_CHARS]}")
+
+  def _stage_failed(self, error, chunk, positions, failed) -> StageFailedError:
+    stage = self._session.stage_of(error)
+    model = ""
+    if stage:
+      spec = self._stages[stage]
+      model = (f" (model {spec.source.source_type}: {spec.source.ref}"
+               + (f", checkpoint {spec.checkpoint}" if spec.checkpoint else "") + ")")
+    first, last = chunk.records[positions[0]][0], chunk.records[positions[-1]][0]
+    return StageFailedError(
+        f"{self._stage_name(error)}{model} fails on every row it runs on in a "
+        f"batch of {len(positions)} records that parse ({failed} rows failed; "
+        f"{chunk.source}, records {first}..{last}); the model is broken, not the "
+        f"data: {_first_line(error)[:_REASON_CHARS]}")
+
+  # --- turning a scored part into output -------------------------------------
+
+  def _emit(self, records, positions, result, dead, out) -> None:
+    rows_run, outputs, parsed = _split_result(result)
+    for stage, n in rows_run.items():
+      out.rows_in[stage] += len(positions)
+      out.rows_run[stage] += n
+    keep = (self._finite_rows(outputs, positions, dead) if self._reject_non_finite
+            else np.ones(len(positions), dtype=bool))
+    raw = self._copy_raw_passthrough(records, positions, keep, dead)
+    if keep.any():
+      columns = {k: v[keep] for k, v in {**parsed, **outputs}.items()}
+      kept = int(keep.sum())
+      out.blobs.append((kept, self._encode(columns, kept, raw)))
+
+  def _copy_raw_passthrough(self, records, positions, keep, dead):
+    """Serialized passthrough Features of the kept rows, copied byte for byte.
+
+    A record TF's parser accepted can still hold a malformed field elsewhere;
+    such a row becomes a dead letter (its `keep` entry is cleared in place).
+    """
+    if not self._raw_passthrough:
+      return None
+    raw = {name: [] for name in self._raw_passthrough}
+    for i in np.flatnonzero(keep):
+      try:
+        found = example_codec.raw_feature_bytes(records[positions[i]],
+                                                self._raw_passthrough)
+      except ValueError as e:
+        keep[i] = False
+        dead.append((int(positions[i]), f"passthrough features cannot be copied: {e}"))
+        continue
+      for name in self._raw_passthrough:
+        raw[name].append(found.get(name))
+    return raw
+
+  @staticmethod
+  def _finite_rows(outputs, positions, dead) -> np.ndarray:
+    """A keep-mask; rows with NaN/Inf in any float output become dead letters."""
+    bad = np.zeros(len(positions), dtype=bool)
+    for name, value in outputs.items():
+      if value.dtype.kind != "f":
+        continue
+      row_bad = ~np.isfinite(value.reshape(len(positions), -1)).all(axis=1)
+      for i in np.flatnonzero(row_bad & ~bad):
+        dead.append((int(positions[i]), f"non-finite model output {name} (NaN or Inf)"))
+      bad |= row_bad
+    return ~bad
+
+
+def _split_result(result):
+  """The engine's result -> (rows run per stage, outputs, parsed passthrough)."""
+  rows_run, outputs, parsed = {}, {}, {}
+  for key, value in result.items():
+    if key.endswith("/rows_run"):
+      rows_run[key[:-len("/rows_run")]] = int(value)
+    elif key.startswith("passthrough/"):
+      parsed[key[len("passthrough/"):]] = value
+    else:
+      outputs[key] = value
+  return rows_run, outputs, parsed
+
+
+def _first_line(error) -> str:
+  text = getattr(error, "message", None) or str(error)
+  lines = text.strip().splitlines()
+  return lines[0] if lines else type(error).__name__
+
+
+def _parse_reason(error) -> str:
+  """The first line of a parse error, which names the feature at fault."""
+  if isinstance(error, UnicodeDecodeError):
+    return "record does not parse: not a serialized tf.train.Example"
+  return f"record does not parse: {_first_line(error)[:_REASON_CHARS]}"
