@@ -10,9 +10,14 @@ RECORDS=${RECORDS:-200000}
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
-if [ ! -x "$VENV/bin/tfcascade" ] || ! "$VENV/bin/python" -c "import sklearn" 2>/dev/null; then
+if [ ! -x "$VENV/bin/tfcascade" ] || ! "$VENV/bin/python" -c "import sklearn, pyspark, matplotlib" 2>/dev/null; then
   "$VENV/bin/pip" install --quiet --upgrade pip
-  "$VENV/bin/pip" install --quiet -c constraints.txt -e ".[demo,test]"
+  # tensorflow-cpu (pinned before) and tensorflow share one folder: swap once.
+  if "$VENV/bin/pip" show -q tensorflow-cpu 2>/dev/null; then
+    "$VENV/bin/pip" uninstall --quiet -y tensorflow-cpu
+  fi
+  # spark: the Spark engine and its tests (pyspark ships Spark; needs Java 17).
+  "$VENV/bin/pip" install --quiet -c constraints.txt -e ".[demo,test,spark]"
 fi
 if [ ! -f demo/demo.json ] || [ "$(cat demo/.records 2>/dev/null)" != "$RECORDS" ]; then
   rm -rf demo

@@ -1,23 +1,32 @@
 """Installs tfcascade: `pipeline` (launcher) and `transforms` (workers).
 
-Also the file Dataflow/Flink workers get through `--setup_file`, so every
-runtime dependency is pinned here: Beam needs the same versions on the
-launcher and the workers.
+As a library, tfcascade installs next to a user's own Beam and TensorFlow:
+runtime dependencies are RANGES here (the lower bounds are the oldest versions
+the tests passed with: apache-beam 2.65 + TensorFlow 2.18, numpy 2.0,
+protobuf 5.29; the upper bounds stop before untested releases). The job's
+launcher and workers run EXACTLY the tested versions: install with
+`pip install -c constraints.txt .[...]` (CI, run_local.sh, the Dataflow image)
+and ship the same pins to workers (docs/dataflow.md).
+
+TensorFlow is `tensorflow` (CPU and GPU in one wheel); the `gpu` extra adds
+NVIDIA's CUDA/cuDNN wheels (`tensorflow[and-cuda]`) for machines without a
+system CUDA. See docs/install.md for sizes and the GPU check.
 """
 
 import setuptools
 
 SCIKIT_LEARN = "scikit-learn==1.9.1"
+MATPLOTLIB = "matplotlib==3.11.2"
+TENSORFLOW = "tensorflow>=2.18,<2.22"
 
 REQUIRES = [
-    "apache-beam[gcp]==2.77.0",
-    "tensorflow-cpu==2.21.0",
-    "numpy==2.4.6",
-    "protobuf==6.33.6",
+    "apache-beam[gcp]>=2.65,<3",
+    TENSORFLOW,
+    "numpy>=2.0,<3",
     # C-accelerated CRC32C: checks both CRCs of every TFRecord record cheaply.
-    "google-crc32c==1.9.0",
-    "pydantic==2.13.4",
-    "PyYAML==6.0.3",
+    "google-crc32c>=1.5,<2",
+    "pydantic>=2.0,<3",
+    "PyYAML>=6.0,<7",
 ]
 
 setuptools.setup(
@@ -32,11 +41,20 @@ setuptools.setup(
     extras_require={
         # The demo's data set is scikit-learn's bundled 8x8 digits.
         "demo": [SCIKIT_LEARN],
+        # `tfcascade tune` draws tune.png (a range: it installs next to a
+        # user's own matplotlib; constraints.txt pins the tested one).
+        "plot": ["matplotlib>=3.8,<4"],
+        # NVIDIA's CUDA and cuDNN libraries as wheels (about 2.8 GB to
+        # download, 4.4 GB installed), for `session.device: gpu` on a machine
+        # without a system CUDA. docs/install.md.
+        "gpu": [TENSORFLOW.replace("tensorflow", "tensorflow[and-cuda]", 1)],
         "test": [
             "pytest==9.2.0", "hypothesis==6.170.17", "psutil==7.2.2",
             # The demo tests build the demo: `.[test]` alone collects and
             # runs the whole suite.
             SCIKIT_LEARN,
+            # The tune tests draw and read back tune.png.
+            MATPLOTLIB,
             # The tests' independent second TFRecord reader (and the
             # tfrecord2idx cross-check). It cannot share a process with
             # TensorFlow (duplicate protobuf symbols), so it runs only in

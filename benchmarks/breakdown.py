@@ -39,7 +39,7 @@ from benchmarks import systems  # noqa: E402  (imports TF)
 from transforms import tfrecord_framing as framing  # noqa: E402
 from transforms.engine import CascadeSession  # noqa: E402
 from transforms.read import RecordChunk  # noqa: E402
-from transforms.run_cascade import _CascadeDoFn  # noqa: E402  pylint: disable=protected-access
+from transforms.run_cascade import _CascadeDoFn, process_bundle  # noqa: E402  pylint: disable=protected-access
 from transforms.shard_writer import ShardWriter  # noqa: E402
 
 PIECES = ("read", "score", "dofn", "write")
@@ -72,7 +72,6 @@ def _cascade_dofn(config):
   dofn = _CascadeDoFn(config.cascade_spec(), shared.Shared(), config.output.format,
                       config.output.passthrough, config.dead_letter.non_finite_outputs)
   dofn.setup()
-  dofn.start_bundle()
   return dofn
 
 
@@ -83,7 +82,7 @@ def one_pass(clock, config, files, session, dofn, scratch):
           f, compression="none", chunk_size=config.batch_size)])
   clock.time("score", lambda: [session.run([r for _, r in c.records])
                                for c in chunks])
-  outputs = clock.time("dofn", lambda: [o for c in chunks for o in dofn.process(c)])
+  outputs = clock.time("dofn", lambda: process_bundle(dofn, chunks))
   # The main output is (records, blob); tagged ones are counts and dead letters.
   blobs = [o for o in outputs if isinstance(o, tuple)]
   clock.time("write", lambda: _write(blobs, scratch))

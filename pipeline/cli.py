@@ -18,9 +18,12 @@ examples:
   tfcascade validate --config configs/local.yaml
   tfcascade run --config configs/local.yaml --set batch_size=512 --overwrite
   tfcascade run --config configs/flink.yaml --runner=FlinkRunner --flink_master=host:8081
-  tfcascade inspect demo/models/a        (a checkpoint)
+  tfcascade run --config configs/local.yaml --engine spark --master spark://host:7077
+  tfcascade inspect demo/models/a        (a checkpoint and its .meta)
+  tfcascade inspect models/keras_a       (a SavedModel, e.g. a Keras model.export())
   tfcascade inspect 'demo/data/*.tfrecord.gz'
   tfcascade inspect out/predictions      (an output directory)
+  tfcascade tune --config configs/local.yaml --label label --sample 20000 --out tune
 """
 
 
@@ -30,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
       formatter_class=argparse.RawDescriptionHelpFormatter,
       description="Score TFRecord datasets with a cascade of TensorFlow "
                   "checkpoints restored into one session, on Apache Beam.")
+  parser.add_argument("--verbose", action="store_true",
+                      help="show TensorFlow's C++ start-up lines, and on an "
+                           "unexpected error the traceback too (any position)")
   commands = parser.add_subparsers(dest="command", required=True)
 
   def config_args(p):
@@ -41,12 +47,21 @@ def _parser() -> argparse.ArgumentParser:
 
   run = commands.add_parser(
       "run", help="run the job (unknown flags go to Beam)",
-      description="Run the job. Flags not listed here are Beam pipeline "
-                  "options (--runner, --direct_num_workers, --flink_master, ...). "
-                  "The runner defaults to DirectRunner.")
+      description="Run the job. With the Beam engine (default), flags not "
+                  "listed here are Beam pipeline options (--runner, "
+                  "--direct_num_workers, --flink_master, ...); the runner "
+                  "defaults to DirectRunner. --engine spark runs the same job on "
+                  "Apache Spark (pip install '.[spark]').")
   config_args(run)
   run.add_argument("--overwrite", action="store_true",
                    help="replace a complete output already at output.path")
+  run.add_argument("--engine", choices=("beam", "spark"), default="beam",
+                   help="beam (default) or spark")
+  run.add_argument("--master", default=None,
+                   help="Spark master: local[*] (default), spark://host:7077, yarn, "
+                        "k8s://... (with --engine spark)")
+  run.add_argument("--spark-conf", dest="spark_conf", action="append", default=[],
+                   metavar="KEY=VALUE", help="a Spark setting (repeatable; --engine spark)")
 
   validate = commands.add_parser(
       "validate", help="check config, checkpoints, wiring and inputs; print the plan")
@@ -55,10 +70,37 @@ def _parser() -> argparse.ArgumentParser:
                         help="records of the first input file to score as a check")
 
   inspect = commands.add_parser(
-      "inspect", help="describe a checkpoint, TFRecord file(s) or an output directory")
-  inspect.add_argument("path", help="checkpoint prefix/dir, file glob, or output dir")
+      "inspect", help="describe a SavedModel, .meta file, checkpoint, TFRecord "
+                      "file(s) or an output directory")
+  inspect.add_argument("path", help="SavedModel dir, .meta file, checkpoint prefix/dir, "
+                                    "TFRecord file or glob, or output dir")
   inspect.add_argument("--label", default="label",
                        help="passthrough feature holding the true class (output dirs)")
+
+  tune = commands.add_parser(
+      "tune", help="choose each gate's run_if threshold from a labelled sample",
+      description="Run every stage on every row of a labelled sample (one session), "
+                  "sweep each gate's threshold and show, per threshold, the share of "
+                  "rows the gated stage runs on, the cascade's accuracy and the "
+                  "rows/s; recommend the cheapest threshold within --target-accuracy. "
+                  "Writes DIR/tune.json and DIR/tune.png (needs the 'plot' extra).")
+  config_args(tune)
+  tune.add_argument("--label", required=True, metavar="FEATURE",
+                    help="int64 feature holding the true class")
+  tune.add_argument("--sample", type=int, default=10_000, metavar="N",
+                    help="records to read, spread over the input files (default 10000)")
+  tune.add_argument("--out", default="tune", metavar="DIR",
+                    help="where tune.json and tune.png go (default ./tune)")
+  tune.add_argument("--target-accuracy", dest="target_accuracy", type=float, default=None,
+                    metavar="X", help="accuracy (0..1) the recommendation must reach "
+                                      "(default: the ungated cascade's minus 0.005)")
+  tune.add_argument("--input", default=None, metavar="PATTERN",
+                    help="read the sample from these files instead of input.pattern")
+  tune.add_argument("--prediction", action="append", default=[],
+                    metavar="STAGE.OUTPUT",
+                    help="the output holding a stage's class (repeatable; default: "
+                         "its output 'prediction', else argmax of 'probs', else of "
+                         "'logits')")
 
   demo = commands.add_parser("demo", help="train the demo models and write the demo data")
   demo.add_argument("--out", required=True, help="directory to create")
@@ -71,16 +113,57 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
   """Entry point of the `tfcascade` console script."""
   argv = list(sys.argv[1:] if argv is None else argv)
+  # --verbose is global and may come anywhere (after `run` it is not Beam's).
+  verbose = "--verbose" in argv
+  argv = [a for a in argv if a != "--verbose"]
   args, extra = _parser().parse_known_args(argv)
   if extra and args.command != "run":
     _parser().error(f"unrecognized arguments: {' '.join(extra)}")
+  # TensorFlow's C++ start-up lines only with --verbose (or the user's own
+  # TF_CPP_MIN_LOG_LEVEL): before anything imports TensorFlow.
+  from pipeline.quiet import quiet_tensorflow  # pylint: disable=g-import-not-at-top
+  quiet_tensorflow(verbose)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-  for noisy in ("apache_beam", "tensorflow", "absl"):
+  for noisy in ("apache_beam", "tensorflow", "absl", "matplotlib"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
-  from pipeline import commands  # pylint: disable=g-import-not-at-top; keeps --help fast
-  handler = {"run": commands.run, "validate": commands.validate,
-             "inspect": commands.inspect, "demo": commands.demo}[args.command]
-  return handler(args, extra)
+  if verbose:
+    logging.getLogger("tfcascade").setLevel(logging.DEBUG)
+  else:  # a failed bundle's traceback, logged by Beam: our error line says it
+    for log_handler in logging.getLogger().handlers:
+      if getattr(log_handler, "stream", None) in (sys.stderr, sys.__stderr__):
+        log_handler.addFilter(_without_traceback)
+  try:
+    from pipeline import commands  # pylint: disable=g-import-not-at-top; keeps --help fast
+    handler = {"run": commands.run, "validate": commands.validate,
+               "inspect": commands.inspect, "demo": commands.demo,
+               "tune": commands.tune}[args.command]
+    return handler(args, extra)
+  except KeyboardInterrupt:
+    print("tfcascade: interrupted", file=sys.stderr)
+    return 130
+  except Exception as e:  # pylint: disable=broad-except; a bug of ours: say it in one line
+    return _internal_error(e, verbose)
+
+
+def _without_traceback(record: logging.LogRecord) -> bool:
+  """Logs a record without its traceback (shown with --verbose only)."""
+  record.exc_info, record.exc_text, record.stack_info = None, None, None
+  if isinstance(record.msg, str) and "Traceback (most recent call last)" in record.msg:
+    record.msg = record.msg.split("Traceback (most recent call last)")[0].rstrip()
+  return True
+
+
+def _internal_error(error: Exception, verbose: bool) -> int:
+  """An error no command expected: one line, the traceback only with --verbose."""
+  text = str(error).strip()
+  print(f"tfcascade: internal error: {type(error).__name__}: "
+        f"{text.splitlines()[0] if text else repr(error)}"
+        + ("" if verbose else " (rerun with --verbose for the traceback)"),
+        file=sys.stderr)
+  if verbose:
+    import traceback  # pylint: disable=g-import-not-at-top
+    traceback.print_exc()
+  return 1  # exit_codes.FAILED, without importing the commands
 
 
 if __name__ == "__main__":

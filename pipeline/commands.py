@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import importlib.util
 import logging
 import sys
 
@@ -31,10 +31,27 @@ def _load_and_check(args):
   except ConfigError as e:
     return None, None, str(e)
   pre, problem = _preflight(config)
+  problem = problem or _output_path_problem(config.output_path)
   if problem:
     return None, None, problem
   _print_plan(config, pre)
   return config, pre, None
+
+
+def _output_path_problem(path: str):
+  """Why a local output.path cannot be a directory, or None."""
+  import os  # pylint: disable=g-import-not-at-top
+  if "://" in path:
+    return None  # object stores have no directories to be in the way
+  existing = os.path.abspath(path)
+  while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    what = "is a file" if existing == os.path.abspath(path) else f"is under {existing}, a file"
+    return f"output.path {path} {what}; expected a directory (created if missing)"
+  if not os.access(existing, os.W_OK | os.X_OK):
+    return f"output.path {path}: cannot write in {existing} (permission denied)"
+  return None
 
 
 def _print_plan(config, pre) -> None:
@@ -48,7 +65,8 @@ def _print_plan(config, pre) -> None:
     gate = f", runs if {p.gate}" if p.gate else ""
     print(f"stage {p.name} [scope {p.scope}{gate}]: {p.source}")
     print(f"  checkpoint {p.checkpoint} ({p.fingerprint[:19]}..., "
-          f"global_step {p.global_step}), {len(p.restored)} variables restored")
+          f"global_step {p.global_step})")
+    print(f"  {p.restore_text()}")
     print(f"  inputs {p.inputs} -> outputs {sorted(p.outputs)}")
   print(f"output: {config.output_path} ({config.output.format}, "
         f"passthrough {list(config.output.passthrough)})")
@@ -71,15 +89,18 @@ def _preflight(config):
 
 def run(args, beam_args) -> int:
   """`tfcascade run`: checks everything, runs, publishes, prints the summary."""
-  from pipeline import job  # pylint: disable=g-import-not-at-top
   config, pre, problem = _load_and_check(args)
   if problem:
     return _refused(problem)
+  problem = _device_problem(config, args, beam_args)
+  if problem:
+    return _refused(problem)
   try:
-    summary = job.run(config, beam_args, overwrite=args.overwrite, pre=pre)
-  except (publish.OutputExistsError, publish.RunInProgressError) as e:
+    summary = _run_engine(args, beam_args, config, pre)
+  except (publish.OutputExistsError, publish.RunInProgressError, _Refused) as e:
     return _refused(str(e))
   except Exception as e:  # the pipeline failed on a worker; name it plainly
+    _LOG.debug("run failed", exc_info=True)  # the traceback with --verbose
     print(f"tfcascade: run FAILED: {_root_cause(e)}", file=sys.stderr)
     return exit_codes.FAILED
   if summary is None:
@@ -91,12 +112,41 @@ def run(args, beam_args) -> int:
   return exit_codes.OK
 
 
+class _Refused(Exception):
+  """The engine's options cannot run; nothing was started."""
+
+
+def _run_engine(args, beam_args, config, pre):
+  """Runs the job on the chosen engine (_Refused before any data is read)."""
+  from pipeline import job  # pylint: disable=g-import-not-at-top
+  if args.engine == "beam":
+    if args.master or args.spark_conf:
+      raise _Refused("--master and --spark-conf need --engine spark")
+    return job.run(config, beam_args, overwrite=args.overwrite, pre=pre)
+  if beam_args:
+    raise _Refused(f"unrecognized arguments with --engine spark: "
+                   f"{' '.join(beam_args)} (Beam flags need --engine beam)")
+  if importlib.util.find_spec("pyspark") is None:
+    raise _Refused("--engine spark needs pyspark: pip install -c constraints.txt "
+                   "-e '.[spark]'")
+  from pipeline import spark_job  # pylint: disable=g-import-not-at-top
+  try:
+    spark_job.check_config(config)
+    conf = spark_job.parse_conf(args.spark_conf)
+  except spark_job.SparkSetupError as e:
+    raise _Refused(str(e)) from e
+  return spark_job.run(config, overwrite=args.overwrite,
+                       master=args.master or spark_job.DEFAULT_MASTER,
+                       spark_conf=conf, pre=pre)
+
+
 def _root_cause(error: BaseException) -> str:
   """Beam wraps worker errors several times; our own error's line says most."""
   from transforms.read import CorruptInputError  # pylint: disable=g-import-not-at-top
+  from transforms.devices import DeviceError  # pylint: disable=g-import-not-at-top
   from transforms.scoring import StageFailedError  # pylint: disable=g-import-not-at-top
   # Errors a worker raises on purpose: their message names the culprit.
-  ours = (CorruptInputError, StageFailedError, publish.AccountingError,
+  ours = (CorruptInputError, StageFailedError, DeviceError, publish.AccountingError,
           publish.RejectionError, publish.ConcurrentRunError)
   text = str(error)
   markers = [f"{cls.__name__}: " for cls in ours]
@@ -107,9 +157,21 @@ def _root_cause(error: BaseException) -> str:
   return lines[-1] if lines else repr(error)
 
 
+def _device_problem(config, args=None, beam_args=()):
+  """`session.device: gpu` where TF sees no GPU, checked here when the
+  workers run on this machine (remote workers check themselves)."""
+  from pipeline import devices  # pylint: disable=g-import-not-at-top
+  local = args is None or devices.workers_are_local(
+      args.engine, args.master, beam_args)
+  return devices.device_problem(config, local)
+
+
 def validate(args, _) -> int:
   """`tfcascade validate`: every fail-fast check plus a sample scored."""
   config, pre, problem = _load_and_check(args)
+  if problem:
+    return _refused(problem)
+  problem = _device_problem(config)
   if problem:
     return _refused(problem)
   if args.sample > 0:
@@ -156,12 +218,59 @@ def inspect(args, _) -> int:
   return exit_codes.OK
 
 
+def tune(args, _) -> int:
+  """`tfcascade tune`: sweeps each gate's threshold on a labelled sample."""
+  from pipeline import tune as tune_lib  # pylint: disable=g-import-not-at-top
+  return tune_lib.command(args)
+
+
 def demo(args, _) -> int:
   """`tfcascade demo`: trains the demo models and writes the demo data."""
   try:
     from pipeline.demo.build import build_demo  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     return _refused(f"the demo needs scikit-learn (pip install '.[demo]'): {e}")
-  report = build_demo(args.out, records=args.records, shards=args.shards, seed=args.seed)
-  print(json.dumps(report, indent=2, default=str))
+  problem = _demo_args_problem(args)
+  if problem:
+    return _refused(problem)
+  try:
+    report = build_demo(args.out, records=args.records, shards=args.shards, seed=args.seed)
+  except OSError as e:  # a path under --out that cannot be written
+    return _refused(f"cannot write the demo under {args.out}: "
+                    f"{e.strerror or e}: {e.filename or args.out}")
+  print(demo_lines(report, args.out))
   return exit_codes.OK
+
+
+def demo_lines(report: dict, out: str) -> str:
+  """What `tfcascade demo` prints; everything else is in <out>/demo.json."""
+  import os  # pylint: disable=g-import-not-at-top
+  files = report["data"]["files"]
+  return "\n".join([
+      f"demo written to {out}: models a and b, {report['records']:,} records in "
+      f"{len(files)} file(s) ({report['data']['pattern']})",
+      f"  accuracy on those records: a alone {report['a_accuracy']:.2%}, b alone "
+      f"{report['b_accuracy']:.2%}, cascade {report['cascade_accuracy']:.2%} "
+      f"(b runs where a.confidence < {report['confidence_threshold']:g}: "
+      f"{report['b_share']:.1%} of rows)",
+      f"  details: {os.path.join(out, 'demo.json')}",
+      "  next: tfcascade validate --config configs/local.yaml (it reads ./demo; "
+      "README: 'The demo')"])
+
+
+def _demo_args_problem(args):
+  """Why `demo --out/--records/--shards` cannot work, or None."""
+  import os  # pylint: disable=g-import-not-at-top
+  if args.records < 0 or args.shards < 1:
+    return f"--records must be >= 0 and --shards >= 1 (got {args.records}, {args.shards})"
+  out = args.out
+  if os.path.exists(out) and not os.path.isdir(out):
+    return f"--out {out} is a file; expected a directory to create (or an existing one)"
+  parent = out if os.path.isdir(out) else os.path.dirname(os.path.abspath(out))
+  while parent and not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if parent and not os.path.isdir(parent):
+    return f"--out {out}: {parent} is a file, not a directory"
+  if parent and not os.access(parent, os.W_OK | os.X_OK):
+    return f"--out {out}: cannot write under {parent} (permission denied)"
+  return None

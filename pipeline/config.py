@@ -95,9 +95,14 @@ class Output(_Model):
 
 
 class Session(_Model):
+  # 0: this worker process's share of the machine's cores.
   intra_op_threads: pydantic.NonNegativeInt = 0
   inter_op_threads: pydantic.NonNegativeInt = 0
   device: Literal[DEVICES] = "cpu"
+  # Worker processes per machine, each with its own session; null: from the
+  # runner's options (DirectRunner multi_processing: direct_num_workers;
+  # Dataflow: one per vCPU; otherwise 1). 0: one per core.
+  processes_per_host: Optional[pydantic.NonNegativeInt] = None
 
 
 class DeadLetter(_Model):
@@ -142,7 +147,9 @@ class JobConfig(_Model):
           inputs=dict(s.inputs), outputs=dict(s.outputs), run_if=s.run_if,
           fill_value=s.fill_value))
     session = SessionSpec(self.session.intra_op_threads,
-                          self.session.inter_op_threads, self.session.device)
+                          self.session.inter_op_threads, self.session.device,
+                          self.session.processes_per_host
+                          if self.session.processes_per_host is not None else 1)
     # Required declared features pass through from the in-graph parse: same
     # values, no Python re-parse. Optional ones (a default would be invented
     # for records lacking them) and undeclared ones are copied raw.
@@ -256,10 +263,20 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> JobConfig:
     raw = yaml.safe_load(_read_text(path))
   except (OSError, IOError) as e:
     raise ConfigError(f"cannot read config {path}: {getattr(e, 'strerror', None) or e}") from e
+  except UnicodeDecodeError as e:  # a binary file (an image, a checkpoint, ...)
+    raise ConfigError(f"config {path} is not a text file (byte {e.start} is not "
+                      f"UTF-8): expected a YAML job config") from None
   except yaml.YAMLError as e:
-    raise ConfigError(f"config {path} is not valid YAML: {e}") from e
+    where = getattr(e, "problem_mark", None)
+    at = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    raise ConfigError(f"config {path} is not valid YAML{at}: {problem}") from None
+  if raw is None:
+    raise ConfigError(f"config {path} is empty: expected a YAML job config "
+                      f"(input:, stages:, output:)")
   if not isinstance(raw, dict):
-    raise ConfigError(f"config {path} must be a YAML mapping")
+    raise ConfigError(f"config {path} must be a YAML mapping (input:, stages:, "
+                      f"output:), not a {type(raw).__name__}")
   base = posixpath.dirname(path) if "://" in path else os.path.dirname(os.path.abspath(path))
   raw = _resolve_paths(raw, base)
   for assignment in overrides:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
-import threading
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -77,14 +76,25 @@ def preflight(config: JobConfig) -> Preflight:
   files = match_inputs(config)
   cascade = build_cascade_graph(config.cascade_spec())
   known = set(config.input.features)
-  warnings = [f"stage '{p.name}': checkpoint {p.checkpoint} holds variables the "
-              f"model does not use: {', '.join(p.unused)}"
-              for p in cascade.plan if p.unused]
+  warnings = [unused_warning(p) for p in cascade.plan if p.unused]
   undeclared = [n for n in config.output.passthrough if n not in known]
   if undeclared:
     warnings.append(f"output.passthrough {undeclared} are not declared under "
                     f"input.features; they are copied when present")
   return Preflight(files, cascade.plan, warnings)
+
+
+def unused_warning(plan, limit: int = 10) -> str:
+  """The warning for checkpoint variables the fetched outputs do not read
+  (restored or not); byte-identical copies of read ones are not listed."""
+  names = ", ".join(plan.unused[:limit]) + (
+      f", ... ({len(plan.unused) - limit} more)" if len(plan.unused) > limit else "")
+  restored = sum(1 for n in plan.unused if n in plan.restored)
+  how = (f"{restored} of them restored by {plan.restored_by} anyway"
+         if restored else "not restored")
+  return (f"stage '{plan.name}': checkpoint {plan.checkpoint} holds "
+          f"{len(plan.unused)} variable{'' if len(plan.unused) == 1 else 's'} "
+          f"that outputs {sorted(plan.outputs)} do not read ({how}): {names}")
 
 
 def build_pipeline(p: beam.Pipeline, config: JobConfig,
@@ -106,8 +116,8 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig,
       max_record_bytes=config.input.max_record_bytes,
       on_corrupt=config.input.on_corrupt, split_bytes=config.input.split_bytes)
   scored = read.chunks | "RunCascade" >> RunCascade(
-      config.cascade_spec(), config.output.format, config.output.passthrough,
-      config.dead_letter.non_finite_outputs, run)
+      cascade_spec_for(config, p.options), config.output.format,
+      config.output.passthrough, config.dead_letter.non_finite_outputs, run)
   predictions = scored.blobs | "WritePredictions" >> WriteShards(
       run.files_dir, layout.PREDICTIONS, predictions_suffix(config),
       config.output.num_shards, config.output.compression)
@@ -134,6 +144,30 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig,
       publish.finalize, run.output_path, run.run_id, info)
 
 
+def cascade_spec_for(config: JobConfig, options: PipelineOptions):
+  """The engine's spec, with the worker processes per machine taken from the
+  runner's options when the config leaves session.processes_per_host unset."""
+  spec = config.cascade_spec()
+  if config.session.processes_per_host is not None:
+    return spec
+  return dataclasses.replace(spec, session=dataclasses.replace(
+      spec.session, processes_per_host=processes_per_host(options)))
+
+
+def processes_per_host(options: PipelineOptions) -> int:
+  """Worker processes (sessions) per machine the runner will start; 0: one
+  per core (Dataflow's default of one SDK process per vCPU)."""
+  all_options = options.get_all_options(retain_unknown_options=True)
+  runner = str(all_options.get("runner") or DEFAULT_RUNNER)
+  if runner.endswith("DataflowRunner"):
+    experiments = all_options.get("experiments") or []
+    return 1 if "no_use_multiple_sdk_containers" in experiments else 0
+  if all_options.get("direct_running_mode") == "multi_processing":
+    workers = all_options.get("direct_num_workers")
+    return 1 if workers is None else int(workers)  # 0: Beam's one per core
+  return 1
+
+
 def predictions_suffix(config: JobConfig) -> str:
   suffix = ".tfrecord" if config.output.format == "tfrecord" else ".jsonl"
   return suffix + (".gz" if config.output.compression == "gzip" else "")
@@ -153,7 +187,11 @@ def run_info(config: JobConfig, plan, runner: str, run_id: str) -> dict:
       "run_date": config.run_date.isoformat() if config.run_date else None,
       "stages": [{"name": p.name, "gate": p.gate or None, "source": p.source,
                   "checkpoint": p.checkpoint, "fingerprint": p.fingerprint,
-                  "global_step": p.global_step} for p in plan],
+                  "global_step": p.global_step,
+                  "variables_restored": p.variables_restored,
+                  "restored_by": p.restored_by,
+                  "variables_read": len(p.read),
+                  "restore": p.restore_text()} for p in plan],
   }
 
 
@@ -219,7 +257,7 @@ def run(config: JobConfig, beam_args: Sequence[str] = (), overwrite: bool = Fals
   if detached:
     pipeline.run()
     return None
-  with _Heartbeat(run_staging):
+  with staging_lib.Heartbeat(run_staging):
     try:
       result = pipeline.run()
       state = result.wait_until_finish()
@@ -243,29 +281,3 @@ def _judge(output_path: str, run_staging, result, state) -> dict:
   summary["metrics"] = _counters(result)
   layout.write_json(layout.join(output_path, layout.METRICS), summary["metrics"])
   return summary
-
-
-class _Heartbeat:
-  """Beats the run's marker while the launcher waits, so another launch of
-  the same output sees this run alive (transforms.staging)."""
-
-  def __init__(self, run_staging):
-    self._run = run_staging
-    self._stop = threading.Event()
-    self._thread = threading.Thread(target=self._beat, daemon=True,
-                                    name="tfcascade-heartbeat")
-
-  def _beat(self):
-    while not self._stop.wait(staging_lib.HEARTBEAT_S):
-      try:
-        staging_lib.heartbeat(self._run)
-      except Exception:  # pylint: disable=broad-except; a missed beat is not fatal
-        _LOG.warning("heartbeat of run %s failed", self._run.run_id, exc_info=True)
-
-  def __enter__(self):
-    self._thread.start()
-    return self
-
-  def __exit__(self, *exc):
-    self._stop.set()
-    self._thread.join()

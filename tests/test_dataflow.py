@@ -295,29 +295,42 @@ def test_image_versions_match_the_tested_ones():
 # --- scheduled runs: the Airflow example --------------------------------------
 
 def test_airflow_dag_compiles_and_builds_cli_commands(tmp_path):
-  path = os.path.join(ROOT, "examples", "airflow_dag.py")
-  py_compile.compile(path, cfile=str(tmp_path / "dag.pyc"), doraise=True)
-  dag_file = _load_module("tfcascade_airflow_dag", "examples/airflow_dag.py")
-  ds = "2026-11-25"
+  """The Airflow examples' commands are valid `tfcascade run` command lines
+  (ci/airflow/test.sh runs the DAGs themselves under Airflow)."""
+  for name in ("airflow_dag.py", "airflow_local_dag.py", "airflow_tfcascade.py"):
+    py_compile.compile(os.path.join(ROOT, "examples", name),
+                       cfile=str(tmp_path / f"{name}c"), doraise=True)
+  tc = _load_module("tfcascade_airflow_common", "examples/airflow_tfcascade.py")
+  settings = {"tfcascade_bin": "/opt/tfcascade/.venv/bin/tfcascade",
+              "config": "gs://bkt/tfcascade/dataflow.yaml",
+              "input_pattern": "gs://bkt/in/{run_date}/*.tfrecord.gz",
+              "output_path": "gs://bkt/predictions/{run_date}",
+              "project": "test-project", "region": "us-central1",
+              "temp_location": "gs://bkt/tmp", "image": IMAGE}
+  logical = tc.datetime.datetime(2026, 11, 25, 2, 15, tzinfo=tc.datetime.timezone.utc)
+  now = tc.datetime.datetime(2026, 11, 26, 2, 15, tzinfo=tc.datetime.timezone.utc)
 
-  command = dag_file.tfcascade_command(ds)
-  assert command[0] == "tfcascade"
-  parsed, beam_flags = cli._parser().parse_known_args(command[1:])
-  assert parsed.command == "run" and not parsed.overwrite
-  assert f"run_date={ds}" in parsed.overrides
-  assert f"output.path={dag_file.output_path(ds)}" in parsed.overrides
-  assert ds in dag_file.output_path(ds)
-  options = PipelineOptions(beam_flags).get_all_options()
-  assert options["runner"] == "DataflowRunner" and options["job_name"] == "tfcascade-20261125"
-  assert dag_file.tfcascade_command(ds, overwrite=True)[-len(beam_flags) - 1] == "--overwrite"
+  for dataflow in (False, True):
+    plan = tc.make_plan("d", {**settings, "extra_args": ["--max_num_workers=20"]}, None,
+                        logical, now, dataflow=dataflow)
+    command = plan["command"]
+    assert command[0] == settings["tfcascade_bin"]
+    parsed, beam_flags = cli._parser().parse_known_args(command[1:])
+    assert parsed.command == "run" and not parsed.overwrite
+    assert parsed.config == settings["config"]
+    config = load_config(DATAFLOW_YAML, overrides=parsed.overrides)
+    assert config.output_path == plan["output_path"] == "gs://bkt/predictions/2026-11-25"
+    assert config.input_patterns == ["gs://bkt/in/2026-11-25/*.tfrecord.gz"]
+    options = PipelineOptions(beam_flags).get_all_options()
+    assert options["max_num_workers"] == 20
+    if dataflow:
+      assert options["runner"] == "DataflowRunner" and options["job_name"] == "tfcascade-20261125"
+      assert options["project"] == "test-project" and options["region"] == "us-central1"
+      assert options["sdk_container_image"] == IMAGE
+    else:
+      assert options["runner"] is None    # the CLI's default, the DirectRunner
 
-  # The operator's path (dataflow/main.py, options as --name=value) runs the
-  # same `tfcascade run` as the command line.
-  as_flags = [f"--{k}={v}" for k, v in {**dag_file.template_parameters(ds),
-                                        **dag_file.beam_options(ds)}.items()]
-  via_operator = launcher.template_to_cli_args(as_flags, env={})
-  assert via_operator[:len(via_operator) - len(dag_file.beam_options(ds))] == \
-      command[1:command.index("--runner=DataflowRunner")]
-  assert launcher.template_to_cli_args(
-      [f"--{k}={v}" for k, v in dag_file.template_parameters(ds, True).items()],
-      env={})[-1] == "--overwrite"
+  plan = tc.make_plan("d", {**settings, "overwrite": True}, None, logical, now)
+  assert cli._parser().parse_known_args(plan["command"][1:])[0].overwrite
+  with pytest.raises(tc.PlanError, match="YOUR_BUCKET"):
+    tc.make_plan("d", {**settings, "output_path": "gs://YOUR_BUCKET/p"}, None, logical, now)

@@ -195,8 +195,21 @@ def test_plan_has_fingerprints_and_unused(models):
   assert a_plan.fingerprint.startswith("sha256:") and a_plan.global_step == 7
   assert a_plan.restored == {"dense/kernel": "a/dense/kernel", "dense/bias": "a/dense/bias"}
   assert a_plan.unused == []
+  assert a_plan.read == ["dense/bias", "dense/kernel"] and a_plan.copies == {}
+  assert a_plan.restore_text().startswith("2 variables restored by name")
   other = build_cascade_graph(_ab_spec(models, a="a2")).plan[0]
   assert other.fingerprint != a_plan.fingerprint
+
+
+def test_index_checksums_cover_every_variable(models):
+  """The .index parser (transforms/engine/checkpoints.py) reads the same
+  variable table as TF's reader, each with its byte size and CRC32C."""
+  from transforms.engine.checkpoints import read_checkpoint  # pylint: disable=g-import-not-at-top
+  info = read_checkpoint(models["a1"], "a")
+  assert set(info.checksums) == set(info.variables)
+  assert info.checksums["dense/kernel"][0] == 64 * 10 * 4
+  other = read_checkpoint(models["a2"], "a")
+  assert other.checksums["dense/kernel"] != info.checksums["dense/kernel"]
 
 
 # --- validation errors, each naming the culprit -----------------------------

@@ -17,7 +17,8 @@ from tests import tiny_models as tm
 from transforms import tfrecord_framing as framing
 from transforms.engine import CascadeSpec, FeatureSpec, ModelSource, StageSpec
 from transforms.read import ReadRecordChunks, RecordChunk
-from transforms.run_cascade import COUNTS_TAG, DEAD_LETTER_TAG, RunCascade, _CascadeDoFn
+from transforms.run_cascade import (COUNTS_TAG, DEAD_LETTER_TAG, RunCascade, _CascadeDoFn,
+                                    process_bundle)
 
 DIRECT = ["--runner=DirectRunner"]
 
@@ -98,7 +99,7 @@ def _encoded_blobs(spec, output_format, records):
   dofn = _CascadeDoFn(spec, beam.utils.shared.Shared(), output_format, ["id"], True)
   dofn.setup()
   try:
-    return [o[1] for o in dofn.process(RecordChunk("s", list(enumerate(records))))
+    return [o[1] for o in process_bundle(dofn, [RecordChunk("s", list(enumerate(records)))])
             if isinstance(o, tuple)]
   finally:
     dofn.teardown()
@@ -151,7 +152,7 @@ def test_mutated_examples_are_all_accounted_for(dofn, mutations):
     for pos, value in flips:
       data[pos % len(data)] = value
     records.append(bytes(data[:max(len(data) - cut, 0)]))
-  outputs = list(dofn.process(RecordChunk("fuzz", list(enumerate(records)))))
+  outputs = process_bundle(dofn, [RecordChunk("fuzz", list(enumerate(records)))])
   written = sum(1 for o in outputs if isinstance(o, tuple)
                 for _ in framing.iter_records(io.BytesIO(o[1]), "blob"))
   dead = [o.value for o in outputs

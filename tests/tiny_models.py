@@ -187,3 +187,64 @@ def make_examples(pixels, ids=None):
     out.append(tf.train.Example(
         features=tf.train.Features(feature=feature)).SerializeToString())
   return out
+
+
+# --- Keras 3 and TF2 exports (issue 14) ---------------------------------------
+
+def save_keras_models(root, seed=0):
+  """Two Keras 3 models exported with `model.export()`, the way users bring
+  them; both name a layer `dense` (so their variable names clash).
+
+  A: `pixels` [N, 64] -> `output_0` probs [N, 10], `output_1` confidence [N].
+  B: `a_probs` [N, 10] and `pixels` [N, 64] -> `output_0` scores [N, 3].
+
+  Returns:
+    {"a": export dir, "b": export dir, "models": {"a": model, "b": model}};
+    the in-memory models are the oracle (`model.predict`).
+  """
+  import keras  # pylint: disable=g-import-not-at-top; Keras 3 comes with TF
+  keras.utils.set_random_seed(seed)
+  pixels = keras.Input((64,), name="pixels")
+  hidden = keras.layers.Dense(16, activation="relu", name="dense")(pixels)
+  probs = keras.layers.Dense(10, activation="softmax", name="probs")(hidden)
+  confidence = keras.ops.max(probs, axis=-1)
+  model_a = keras.Model(pixels, [probs, confidence], name="a")
+  a_probs = keras.Input((10,), name="a_probs")
+  pixels_b = keras.Input((64,), name="pixels")
+  joined = keras.layers.Concatenate()([a_probs, pixels_b])
+  hidden_b = keras.layers.Dense(8, activation="relu", name="dense")(joined)
+  scores = keras.layers.Dense(3, name="dense_1")(hidden_b)
+  model_b = keras.Model([a_probs, pixels_b], scores, name="b")
+  dirs = {"a": os.path.join(root, "keras_a"), "b": os.path.join(root, "keras_b")}
+  model_a.export(dirs["a"], verbose=False)
+  model_b.export(dirs["b"], verbose=False)
+  return {**dirs, "models": {"a": model_a, "b": model_b}}
+
+
+class _Tf2TwoHeads(tf.Module):
+  """Two signatures over different variables: `head_a` reads kernel_a only,
+  `head_b` kernel_b only."""
+
+  def __init__(self, seed):
+    super().__init__()
+    rng = np.random.default_rng(seed)
+    self.kernel_a = tf.Variable(rng.normal(size=(64, 10)).astype("float32"))
+    self.kernel_b = tf.Variable(rng.normal(size=(64, 3)).astype("float32"))
+
+  @tf.function(input_signature=[tf.TensorSpec([None, 64], tf.float32, name="pixels")])
+  def head_a(self, pixels):
+    return {"logits": tf.matmul(pixels, self.kernel_a)}
+
+  @tf.function(input_signature=[tf.TensorSpec([None, 64], tf.float32, name="pixels")])
+  def head_b(self, pixels):
+    return {"scores": tf.matmul(pixels, self.kernel_b)}
+
+
+def save_tf2_two_heads(export_dir, seed):
+  """A TF2 SavedModel whose `serving_default` reads only one of its two
+  variables (`other` reads the second): fetching serving_default leaves
+  kernel_b really unused."""
+  module = _Tf2TwoHeads(seed)
+  tf.saved_model.save(module, export_dir, signatures={
+      "serving_default": module.head_a, "other": module.head_b})
+  return export_dir

@@ -7,6 +7,7 @@ DoFn instances it runs (docs/design.md, fact 3).
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import logging
 import pickle
@@ -15,11 +16,13 @@ import time
 from typing import Dict, Optional, Sequence
 
 import apache_beam as beam
+from apache_beam.transforms import window
 from apache_beam.utils import shared
 
-from transforms import publish, staging
+from transforms import staging
 from transforms.read import NAMESPACE, RecordChunk
-from transforms.scoring import ChunkScorer, reason_class
+from transforms.devices import check_device
+from transforms.scoring import ChunkScorer
 from transforms.staging import RunStaging
 
 __all__ = ["RunCascade", "DEAD_LETTER_TAG", "COUNTS_TAG"]
@@ -77,7 +80,13 @@ class _SharedSession:
 
 
 class _CascadeDoFn(beam.DoFn):
-  """Scores RecordChunks (transforms.scoring) and emits what came out."""
+  """Scores RecordChunks (transforms.scoring) and emits what came out.
+
+  One chunk deep pipelining: the session calls of chunk k+1 run in a helper
+  thread (TF releases the GIL) while this thread encodes chunk k and the
+  reader fused before us reads the next chunk. Outputs of the last chunk of a
+  bundle come out in finish_bundle.
+  """
 
   def __init__(self, spec, shared_handle, output_format: str,
                passthrough: Sequence[str], reject_non_finite: bool,
@@ -108,34 +117,50 @@ class _CascadeDoFn(beam.DoFn):
 
     def load():
       start = time.perf_counter()
+      check_device(self._spec.session.device)  # gpu asked, none here: fail, not crawl
       session = CascadeSession(self._spec)
       return _SharedSession(session, int((time.perf_counter() - start) * 1000))
 
     self._shared_session = self._shared.acquire(load, tag=self._tag)
     self._scorer = ChunkScorer(self._shared_session.session, self._output_format,
                                self._passthrough, self._reject_non_finite)
+    self._inferring = concurrent.futures.ThreadPoolExecutor(
+        1, thread_name_prefix="tfcascade-infer")
+    self._pending = None
 
   def start_bundle(self):
+    self._pending = None
     if self._shared_session.report_open_once():
       self._sessions_opened.inc()
       self._load_ms.update(self._shared_session.load_ms)
     if self._run is not None and self._shared_session.heartbeat_due():
-      try:
-        staging.heartbeat(self._run)
-      except Exception:  # pylint: disable=broad-except; a missed beat is not fatal
-        _LOG.warning("heartbeat of run %s failed", self._run.run_id, exc_info=True)
+      staging.heartbeat(self._run)
 
   def process(self, chunk: RecordChunk):
-    scored = self._scorer.score(chunk)
+    inferring = self._inferring.submit(self._scorer.infer, chunk)
+    if self._pending is not None:
+      yield from self._finish(*self._pending)
+    self._pending = (chunk, inferring)
+
+  def finish_bundle(self):
+    if self._pending is not None:
+      pending, self._pending = self._pending, None
+      for output in self._finish(*pending):
+        if isinstance(output, beam.pvalue.TaggedOutput):
+          yield beam.pvalue.TaggedOutput(
+              output.tag, window.GlobalWindows.windowed_value(output.value))
+        else:
+          yield window.GlobalWindows.windowed_value(output)
+
+  def _finish(self, chunk, inferring):
+    """Encodes a chunk whose session calls are done (or waits for them)."""
+    scored = self._scorer.finish(chunk, inferring.result())
     self._update_metrics(scored)
-    for stage in scored.rows_in:
-      yield beam.pvalue.TaggedOutput(COUNTS_TAG, (f"rows_in/{stage}", scored.rows_in[stage]))
-      yield beam.pvalue.TaggedOutput(COUNTS_TAG, (f"rows_run/{stage}", scored.rows_run[stage]))
+    for count in scored.counts():
+      yield beam.pvalue.TaggedOutput(COUNTS_TAG, count)
     yield from scored.blobs
     for entry in scored.dead_letters:
       yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, entry)
-      yield beam.pvalue.TaggedOutput(
-          COUNTS_TAG, (f"{publish.DEAD_REASON}{reason_class(entry['error'])}", 1))
 
   def _update_metrics(self, scored) -> None:
     """RunInference-style metrics and the progress log (informative only:
@@ -156,7 +181,22 @@ class _CascadeDoFn(beam.DoFn):
   def teardown(self):
     # The session is shared by the process and closed when the Shared
     # handle's last reference goes; here we only drop ours.
-    self._shared_session = self._scorer = None
+    if getattr(self, "_inferring", None) is not None:
+      self._inferring.shutdown(wait=True)
+    self._shared_session = self._scorer = self._inferring = None
+
+
+def process_bundle(dofn: _CascadeDoFn, chunks) -> list:
+  """Runs a set-up cascade DoFn over `chunks` as one bundle, outside a
+  pipeline (tests, benchmarks): every output, unwrapped from its window."""
+  dofn.start_bundle()
+  outputs = [o for chunk in chunks for o in dofn.process(chunk)]
+  for output in dofn.finish_bundle() or ():
+    if isinstance(output, beam.pvalue.TaggedOutput):
+      outputs.append(beam.pvalue.TaggedOutput(output.tag, output.value.value))
+    else:
+      outputs.append(output.value)
+  return outputs
 
 
 class RunCascade(beam.PTransform):

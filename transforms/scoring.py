@@ -23,7 +23,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from transforms import dead_letters, example_codec
+from transforms import dead_letters, example_codec, publish
 from transforms.encode import ENCODERS
 from transforms.read import RecordChunk
 
@@ -56,6 +56,23 @@ class ScoredChunk:
   @property
   def records_scored(self) -> int:
     return sum(n for n, _ in self.blobs)
+
+  def counts(self) -> List[Tuple[str, int]]:
+    """(key, n) counts for the run's accounting (see transforms.publish):
+    rows in and run per stage, dead letters per reason."""
+    found = [(f"{publish.ROWS_IN}{s}", n) for s, n in self.rows_in.items()]
+    found += [(f"{publish.ROWS_RUN}{s}", n) for s, n in self.rows_run.items()]
+    found += [(f"{publish.DEAD_REASON}{reason_class(d['error'])}", 1)
+              for d in self.dead_letters]
+    return found
+
+
+@dataclasses.dataclass
+class Inferred:
+  """A chunk's session results before encoding (ChunkScorer.infer)."""
+  scored: ScoredChunk  # counts and timings so far; blobs come in finish
+  parts: List[Tuple[np.ndarray, dict]]  # (positions, engine result) that scored
+  dead: List[Tuple[int, str]]  # (position, reason)
 
 
 def reason_class(reason: str) -> str:
@@ -94,11 +111,27 @@ class ChunkScorer:
       StageFailedError: a stage fails on every row it runs on in a batch
         whose records all parse.
     """
+    return self.finish(chunk, self.infer(chunk))
+
+  def infer(self, chunk: RecordChunk) -> Inferred:
+    """The session calls of `score` (TF releases the GIL while they run, so a
+    caller may run this in another thread while it finishes a previous chunk).
+
+    Raises:
+      StageFailedError: as in score.
+    """
     records = [r for _, r in chunk.records]
-    out = ScoredChunk([], [], {s: 0 for s in self._stages}, {s: 0 for s in self._stages})
-    dead: List[Tuple[int, str]] = []
-    for positions, result in self._run_isolating(records, np.arange(len(records)),
-                                                 dead, out, chunk):
+    inferred = Inferred(ScoredChunk([], [], {s: 0 for s in self._stages},
+                                    {s: 0 for s in self._stages}), [], [])
+    inferred.parts = list(self._run_isolating(
+        records, np.arange(len(records)), inferred.dead, inferred.scored, chunk))
+    return inferred
+
+  def finish(self, chunk: RecordChunk, inferred: Inferred) -> ScoredChunk:
+    """The Python part of `score`: checks, passthrough copies, encoding."""
+    records = [r for _, r in chunk.records]
+    out, dead = inferred.scored, inferred.dead
+    for positions, result in inferred.parts:
       self._emit(records, positions, result, dead, out)
     out.dead_letters = [
         dead_letters.record_entry(chunk.source, chunk.records[p][0], reason, records[p])

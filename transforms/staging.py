@@ -25,6 +25,7 @@ import datetime
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from typing import List, Optional
@@ -84,8 +85,12 @@ def start_run(output_path: str, detached: bool = False) -> RunStaging:
 
 
 def heartbeat(staging: RunStaging) -> None:
-  """Tells other launches this run is alive."""
-  _update_marker(staging, heartbeat_epoch=time.time())
+  """Tells other launches this run is alive; a failed beat is only logged
+  (one missed beat is not fatal, the next one follows)."""
+  try:
+    _update_marker(staging, heartbeat_epoch=time.time())
+  except Exception:  # pylint: disable=broad-except
+    _LOG.warning("heartbeat of run %s failed", staging.run_id, exc_info=True)
 
 
 def mark_ended(staging: RunStaging, why: str) -> None:
@@ -162,3 +167,26 @@ def _pid_alive(pid) -> bool:
   except PermissionError:  # alive, someone else's
     return True
   return True
+
+
+class Heartbeat:
+  """Beats the run's marker while the launcher waits, so another launch of
+  the same output sees this run alive."""
+
+  def __init__(self, run_staging):
+    self._run = run_staging
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._beat, daemon=True,
+                                    name="tfcascade-heartbeat")
+
+  def _beat(self):
+    while not self._stop.wait(HEARTBEAT_S):
+      heartbeat(self._run)
+
+  def __enter__(self):
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    self._stop.set()
+    self._thread.join()

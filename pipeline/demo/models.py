@@ -93,8 +93,11 @@ def build_model_b(seed: int = 0,
 def _session_config() -> v1.ConfigProto:
   # One thread: float reductions then sum in a fixed order, so a seed gives
   # the same weights on any machine. The models are tiny; it costs nothing.
+  # CPU only, for the same reason; it also keeps a GPU build of TensorFlow on
+  # a machine without one from probing CUDA ("failed call to cuInit").
   return v1.ConfigProto(intra_op_parallelism_threads=1,
-                        inter_op_parallelism_threads=1)
+                        inter_op_parallelism_threads=1,
+                        device_count={"GPU": 0})
 
 
 def _train_and_save(build: Callable[[], Dict[str, tf.Tensor]],

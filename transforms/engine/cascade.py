@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import os
 import re
 import time
 import weakref
@@ -30,7 +31,17 @@ SERIALIZED_INPUT = "serialized_examples"
 
 @dataclasses.dataclass
 class StagePlan:
-  """What one stage became in the graph (printed by `validate`)."""
+  """What one stage became in the graph (printed by `validate` and `run`,
+  and in run_summary.json).
+
+  Attributes:
+    restored: checkpoint variable -> graph variable, every one restored.
+    unused: checkpoint variables the fetched outputs do not read (warned).
+    restored_by: how: sources.RESTORED_BY_NAME or RESTORED_BY_SAVED_MODEL.
+    read: the restored checkpoint variables the fetched outputs read.
+    copies: restored variables the outputs do not read that are byte-identical
+      copies of ones they do (a Keras 3 export saves each weight twice).
+  """
   name: str
   scope: str
   source: str
@@ -42,6 +53,32 @@ class StagePlan:
   gate: str
   restored: Dict[str, str]
   unused: List[str]
+  restored_by: str = ""
+  read: List[str] = dataclasses.field(default_factory=list)
+  copies: Dict[str, str] = dataclasses.field(default_factory=dict)
+
+  @property
+  def variables_restored(self) -> int:
+    return len(self.restored)
+
+  def restore_text(self) -> str:
+    """One sentence: how many variables were restored, by what, and how many
+    of them the outputs read (the same words everywhere the plan appears)."""
+    n = self.variables_restored
+    text = f"{n} variable{'' if n == 1 else 's'} restored by {self.restored_by}"
+    if len(self.read) == n:
+      return text + ("" if n == 0 else ", all read by the outputs")
+    text += f"; the outputs read {len(self.read)}"
+    rest = n - len(self.read) - len(self.copies)
+    if self.copies:
+      text += (f"; {'the other' if not rest else ''} {len(self.copies)} "
+               f"{'are' if len(self.copies) > 1 else 'is a'} byte-identical "
+               f"cop{'ies' if len(self.copies) > 1 else 'y'} of "
+               f"{'those' if len(self.copies) > 1 else 'one'} (same shape, "
+               f"dtype and CRC32C)").replace(";  ", "; ")
+    if rest:
+      text += f"; {rest} restored but not read by these outputs"
+    return text
 
 
 @dataclasses.dataclass
@@ -244,15 +281,26 @@ def _stage_plan(stage: StageSpec, model: PlacedModel,
       global_step=model.checkpoint.global_step,
       inputs=dict(stage.inputs), outputs=dict(stage.outputs),
       gate=str(gating.gate) if gating is not None else "", restored=model.restored,
-      unused=model.unused)
+      unused=model.unused, restored_by=model.restored_by, read=list(model.read),
+      copies=dict(model.copies))
+
+
+def available_cores() -> int:
+  """Cores this process may run on (its affinity mask, e.g. a container's)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not on Linux
+    return os.cpu_count() or 1
 
 
 def session_config(spec: CascadeSpec) -> tf.compat.v1.ConfigProto:
-  """Thread counts from the spec; we rely on Beam to manage concurrency."""
+  """The session's settings: thread pools sized to this process's share of
+  the cores (SessionSpec.threads); the runner manages concurrency."""
   s = spec.session
+  intra, inter = s.threads(available_cores())
   config = tf.compat.v1.ConfigProto(
-      intra_op_parallelism_threads=s.intra_op_threads,
-      inter_op_parallelism_threads=s.inter_op_threads,
+      intra_op_parallelism_threads=intra,
+      inter_op_parallelism_threads=inter,
       allow_soft_placement=True)
   if s.device == "cpu":
     config.device_count["GPU"] = 0

@@ -22,6 +22,15 @@ from transforms.engine.spec import CascadeError, StageSpec
 # tf.saved_model.save) carry this key; their variable names are object paths
 # that only the SavedModel's own saver knows how to map.
 _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+# Checkpoint entries that are bookkeeping, never a model's weights.
+_BOOKKEEPING = {"global_step", _OBJECT_GRAPH_KEY,
+                "save_counter/.ATTRIBUTES/VARIABLE_VALUE"}
+
+# How a stage's variables are restored (PlacedModel.restored_by): the words
+# the plan, `validate`, `run` and run_summary.json all use.
+RESTORED_BY_NAME = "name (one Saver mapping checkpoint names into the stage's scope)"
+RESTORED_BY_SAVED_MODEL = "the SavedModel's own saver"
+_VARIABLE_OPS = ("VarHandleOp", "VariableV2", "Variable")
 
 
 @dataclasses.dataclass
@@ -32,14 +41,26 @@ class PlacedModel:
     outputs: output name (config) -> tensor in the shared graph.
     saver: restores this model's variables; call `saver.restore(sess, prefix)`.
     checkpoint: the checkpoint `saver` restores from.
-    restored: checkpoint variable name -> graph variable name.
-    unused: checkpoint variables the model does not need (reported only).
+    restored: checkpoint variable name -> graph variable name ("" where the
+      SavedModel's saver does not say which variable it fills), every
+      variable `saver` restores.
+    unused: checkpoint variables the outputs do not read, restored or not
+      (reported only); byte-identical copies of variables they read are not
+      counted here but in `copies`.
+    restored_by: RESTORED_BY_NAME or RESTORED_BY_SAVED_MODEL.
+    read: the checkpoint variables the outputs read (a subset of `restored`).
+    copies: restored checkpoint variables the outputs do not read that hold
+      the same bytes as one they do (shape, dtype, size and CRC32C equal) ->
+      that one; a Keras 3 `model.export()` saves every weight twice.
   """
   outputs: Dict[str, tf.Tensor]
   saver: tf.compat.v1.train.Saver
   checkpoint: CheckpointInfo
   restored: Dict[str, str]
   unused: List[str]
+  restored_by: str = ""
+  read: List[str] = dataclasses.field(default_factory=list)
+  copies: Dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def place_model(stage: StageSpec, inputs: Mapping[str, tf.Tensor]) -> PlacedModel:
@@ -116,25 +137,54 @@ def load_builder(ref: str, stage: str) -> Callable:
 
 def _read_meta_graph(stage: StageSpec) -> tf.compat.v1.MetaGraphDef:
   path = stage.source.ref
+  try:
+    return read_meta_graph_file(path)
+  except ValueError as e:
+    raise CascadeError(f"stage '{stage.name}': {e}") from e
+
+
+def read_meta_graph_file(path: str) -> tf.compat.v1.MetaGraphDef:
+  """Reads a `.meta` file (a serialized MetaGraphDef).
+
+  Raises:
+    ValueError: one line naming the path and the problem (missing, a
+      directory, unreadable, not a MetaGraphDef).
+  """
   if not tf.io.gfile.exists(path):
-    raise CascadeError(f"stage '{stage.name}': meta graph {path} does not exist")
+    raise ValueError(f"meta graph {path} does not exist")
+  if tf.io.gfile.isdir(path):
+    raise ValueError(f"meta graph {path} is a directory; expected a .meta file "
+                     f"(a directory holding saved_model.pb is a saved_model:)")
   meta = tf.compat.v1.MetaGraphDef()
   try:
     with tf.io.gfile.GFile(path, "rb") as f:
-      meta.ParseFromString(f.read())
+      data = f.read()
+  except (tf.errors.OpError, OSError) as e:
+    raise ValueError(f"cannot read meta graph {path}: "
+                     f"{getattr(e, 'message', None) or e}") from e
+  try:
+    meta.ParseFromString(data)
   except Exception as e:  # protobuf raises DecodeError, a bare Exception subclass
-    raise CascadeError(f"stage '{stage.name}': {path} is not a MetaGraphDef: "
-                       f"{e}") from e
+    raise ValueError(f"{path} is not a MetaGraphDef (.meta file): "
+                     f"{str(e) or type(e).__name__}") from e
+  if not meta.graph_def.node:
+    raise ValueError(f"{path} is not a MetaGraphDef (.meta file): it holds no "
+                     f"graph ({len(data):,} bytes)")
   return meta
 
 
 def _read_saved_model(stage: StageSpec):
   export_dir = stage.source.ref
+  if tf.io.gfile.exists(export_dir) and not tf.io.gfile.isdir(export_dir):
+    hint = (" (a Keras model file: export it with model.export(DIR) and give DIR)"
+            if export_dir.endswith((".keras", ".h5")) else "")
+    raise CascadeError(f"stage '{stage.name}': saved_model {export_dir} is a file; "
+                       f"expected an export directory holding saved_model.pb{hint}")
   try:
     saved_model = loader_impl.parse_saved_model(export_dir)
-  except (IOError, OSError) as e:
+  except (IOError, OSError, tf.errors.OpError) as e:
     raise CascadeError(f"stage '{stage.name}': no SavedModel at {export_dir}: "
-                       f"{e}") from e
+                       f"{_first_line(e)}") from e
   wanted = set(stage.source.tags)
   metas = [m for m in saved_model.meta_graphs
            if set(m.meta_info_def.tags) == wanted]
@@ -203,7 +253,7 @@ def _place_imported(stage, meta, inputs, checkpoint_path, signature) -> PlacedMo
     if embedded_saver is None:
       raise CascadeError(f"stage '{stage.name}': {stage.source.ref} uses an "
                          f"object-based checkpoint but has no saver")
-    return _with_embedded_saver(stage, outputs, embedded_saver, checkpoint)
+    return _with_embedded_saver(stage, meta, outputs, embedded_saver, checkpoint)
   created = [v for v in graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES)
              if v not in before]
   return _with_name_saver(stage, outputs, created, checkpoint)
@@ -264,33 +314,149 @@ def _with_name_saver(stage, outputs, variables, checkpoint) -> PlacedModel:
                        f"restore from {checkpoint.prefix}")
   saver = tf.compat.v1.train.Saver(var_list=var_list, name=f"{stage.scope}_restore")
   restored = {name: var.op.name for name, var in var_list.items()}
+  # The Saver covers exactly the variables the outputs read.
   return PlacedModel(outputs, saver, checkpoint, restored,
-                     _unused(checkpoint, restored))
+                     _unused(checkpoint, restored), RESTORED_BY_NAME,
+                     sorted(restored))
 
 
-def _with_embedded_saver(stage, outputs, saver, checkpoint) -> PlacedModel:
-  """Uses the SavedModel's own saver; checks the keys its restore op reads."""
-  graph = tf.compat.v1.get_default_graph()
-  restore_op = graph.get_operation_by_name(
-      f"{stage.scope}/{saver.saver_def.restore_op_name}" if not
-      saver.saver_def.restore_op_name.startswith(stage.scope + "/")
-      else saver.saver_def.restore_op_name)
-  keys = set()
-  for op in _upstream_ops([restore_op]):  # every RestoreV2 feeding the restore op
-    if op.type == "RestoreV2":
-      names = tf.get_static_value(op.inputs[1])
-      keys.update(n.decode() for n in names)
-  missing = sorted(k for k in keys if k not in checkpoint.variables)
+def _with_embedded_saver(stage, meta, outputs, saver, checkpoint) -> PlacedModel:
+  """Uses the SavedModel's own saver; checks the keys its restore op reads.
+
+  A TF2 export's saver is a function call (`__inference__traced_restore_*`):
+  its RestoreV2 and the AssignVariableOps that take each value to a variable
+  are inside the function, so the graph is followed into the function
+  library. Which of the restored variables the outputs read decides what is
+  reported as unused.
+  """
+  restore_name = saver.saver_def.restore_op_name
+  scope_prefix = stage.scope + "/"
+  if restore_name.startswith(scope_prefix):
+    restore_name = restore_name[len(scope_prefix):]
+  assigned = saver_restores(meta.graph_def, restore_name)  # key -> variable node
+  if not assigned:  # a saver we cannot follow: it restores the whole checkpoint
+    assigned = dict.fromkeys(checkpoint.variables, "")
+  missing = sorted(k for k in assigned if k not in checkpoint.variables)
   if missing:
     raise CascadeError([f"stage '{stage.name}': checkpoint {checkpoint.prefix} "
                         f"lacks '{k}', which {stage.source.ref} restores"
                         for k in missing])
-  restored = {k: k for k in keys}
-  return PlacedModel(outputs, saver, checkpoint, restored,
-                     _unused(checkpoint, restored))
+  read_nodes = {op.name[len(scope_prefix):]
+                for op in _upstream_ops(t.op for t in outputs.values())
+                if op.type in _VARIABLE_OPS and op.name.startswith(scope_prefix)}
+  weights = {k: v for k, v in assigned.items() if k not in _BOOKKEEPING}
+  # A key whose variable the saver does not name is counted as read: we
+  # cannot tell, so we do not call it unused.
+  read = sorted(k for k, node in weights.items() if not node or node in read_nodes)
+  restored = {k: f"{scope_prefix}{node}" if node else "" for k, node in weights.items()}
+  copies = _copies(checkpoint, [k for k in weights if k not in read], read)
+  unused = [n for n in _unused(checkpoint, dict.fromkeys(read)) if n not in copies]
+  return PlacedModel(outputs, saver, checkpoint, restored, unused,
+                     RESTORED_BY_SAVED_MODEL, read, copies)
 
 
-def _unused(checkpoint, restored):
-  bookkeeping = {"global_step", _OBJECT_GRAPH_KEY}
+def _copies(checkpoint, unread, read) -> Dict[str, str]:
+  """unread key -> a read key holding the same bytes (shape, dtype, CRC32C)."""
+  def identity(key):
+    shape, dtype = checkpoint.variables[key]
+    checksum = checkpoint.checksums.get(key)
+    return (shape, dtype, checksum) if checksum else None
+  by_identity = {}
+  for key in read:
+    if key in checkpoint.variables and identity(key):
+      by_identity.setdefault(identity(key), key)
+  return {key: by_identity[identity(key)] for key in unread
+          if key in checkpoint.variables and identity(key) in by_identity}
+
+
+def saver_restores(graph_def, restore_op_name: str) -> Dict[str, str]:
+  """What a saver's restore op restores: checkpoint key -> the name of the
+  graph's variable node it is assigned to ("" when that cannot be traced).
+
+  Follows the restore op's inputs through the graph and into called
+  functions (TF2 savers), binding each function argument to the graph node
+  passed for it; RestoreV2's i-th output is key i of its `tensor_names`.
+  """
+  library = {f.signature.name: f for f in graph_def.library.function}
+  found: Dict[str, str] = {}
+  graph = {n.name: n for n in graph_def.node}
+  root = restore_op_name.split(":")[0].lstrip("^")
+  _trace_restore(graph, {}, [root] if root in graph else [], library, found,
+                 in_function=False, depth=0)
+  return found
+
+
+def _trace_restore(nodes, binding, roots, library, found, in_function, depth):
+  """Walks `nodes` upstream from `roots` (all nodes when roots is None)."""
+  if depth > 8:  # call chains this deep are not savers; stop quietly
+    return
+
+  def node_of(ref):
+    return ref.lstrip("^").split(":")[0]
+
+  def resolve(ref):
+    """("var", outer variable node) | ("key", checkpoint key) | None."""
+    for _ in range(64):  # through Identity chains
+      name = node_of(ref)
+      if name in binding:
+        return binding[name]
+      node = nodes.get(name)
+      if node is None:
+        return None
+      if node.op in _VARIABLE_OPS and not in_function:
+        return ("var", node.name)
+      if node.op == "RestoreV2":
+        index = int(ref.split(":")[-1]) if ref.count(":") >= 1 else 0
+        names = _restore_names(nodes, node)
+        return ("key", names[index]) if index < len(names) else None
+      if node.op in ("Identity", "IdentityN") and node.input:
+        ref = node.input[0]
+        continue
+      return None
+    return None
+
+  pending = list(nodes) if roots is None else list(roots)
+  seen = set()
+  while pending:
+    name = node_of(pending.pop())
+    if name in seen or name not in nodes:
+      continue
+    seen.add(name)
+    node = nodes[name]
+    if roots is not None:
+      pending.extend(node.input)
+    if node.op == "RestoreV2":
+      for key in _restore_names(nodes, node):
+        found.setdefault(key, "")
+    elif node.op in ("AssignVariableOp", "Assign") and len(node.input) >= 2:
+      target, value = resolve(node.input[0]), resolve(node.input[1])
+      if value and value[0] == "key" and target and target[0] == "var":
+        found[value[1]] = target[1]
+    function = (node.attr["f"].func.name if "f" in node.attr else
+                node.op if node.op in library else None)
+    if function in library:
+      body = library[function]
+      args = [a.name for a in body.signature.input_arg]
+      data_inputs = [i for i in node.input if not i.startswith("^")]
+      inner = {arg: resolve(ref) for arg, ref in zip(args, data_inputs)}
+      _trace_restore({n.name: n for n in body.node_def}, inner, None, library,
+                     found, in_function=True, depth=depth + 1)
+
+
+def _restore_names(nodes, restore_node) -> List[str]:
+  """The `tensor_names` a RestoreV2 node reads (a Const input)."""
+  const = nodes.get(restore_node.input[1].lstrip("^").split(":")[0]) if len(
+      restore_node.input) > 1 else None
+  if const is None or const.op != "Const":
+    return []
+  return [n.decode() for n in tf.make_ndarray(const.attr["value"].tensor).ravel()]
+
+
+def _first_line(error: Exception) -> str:
+  text = str(getattr(error, "message", None) or error).strip()
+  return text.splitlines()[0] if text else type(error).__name__
+
+
+def _unused(checkpoint, used):
   return sorted(n for n in checkpoint.variables
-                if n not in restored and n not in bookkeeping)
+                if n not in used and n not in _BOOKKEEPING)

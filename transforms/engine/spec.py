@@ -100,14 +100,28 @@ class SessionSpec:
   """How the single session runs.
 
   Attributes:
-    intra_op_threads: threads inside one op; 0 lets TensorFlow choose.
-    inter_op_threads: ops run concurrently; 0 lets TensorFlow choose.
+    intra_op_threads: threads inside one op; 0: this process's share of the
+      cores (see processes_per_host).
+    inter_op_threads: ops run concurrently; 0: as intra_op_threads' default.
     device: one of DEVICES: "cpu" (default; hides GPUs) or "gpu" (memory
       growth, soft placement).
+    processes_per_host: worker processes sharing this machine's cores, each
+      with its own session (DirectRunner multi_processing: its worker count;
+      Dataflow: one SDK process per vCPU, written 0 = one per core). With
+      thread counts left at 0, each session gets cores / processes threads:
+      TF's default of every core per process would run N x N threads on N
+      cores (docs/design.md, fact 12).
   """
   intra_op_threads: int = 0
   inter_op_threads: int = 0
   device: str = "cpu"
+  processes_per_host: int = 1
+
+  def threads(self, cores: int):
+    """(intra, inter) thread counts for a machine with `cores` cores."""
+    processes = cores if self.processes_per_host == 0 else self.processes_per_host
+    share = max(1, cores // max(1, processes))
+    return (self.intra_op_threads or share, self.inter_op_threads or share)
 
 
 @dataclasses.dataclass(frozen=True)

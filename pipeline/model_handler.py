@@ -1,0 +1,39 @@
+"""`from_config`: a CascadeModelHandler from a job config (launcher side).
+
+The handler itself lives in `transforms/model_handler.py` (worker side, which
+never imports `pipeline`); this builds it from YAML and checks the cascade
+before any pipeline starts.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from pipeline.config import load_config
+from transforms.model_handler import CascadeModelHandler
+
+
+def from_config(path: str, overrides: Sequence[str] = (), *, check: bool = True,
+                **kwargs) -> CascadeModelHandler:
+  """The RunInference handler for a job config's cascade.
+
+  Args:
+    path: the YAML config (its `input`, `stages`, `session` and `batch_size`
+      are used; `output` and `dead_letter` belong to the CLI job). Its
+      required passthrough features come back as `passthrough/<name>`.
+    overrides: `--set`-style `dotted.key=value` strings.
+    check: build the graph and check every checkpoint now (raises
+      CascadeError naming the problem), before a pipeline starts.
+    **kwargs: CascadeModelHandler's (max_batch_size defaults to the
+      config's batch_size).
+
+  Raises:
+    pipeline.config.ConfigError, transforms.engine.CascadeError.
+  """
+  config = load_config(path, overrides)
+  spec = config.cascade_spec()
+  if check:
+    from transforms.engine import build_cascade_graph  # pylint: disable=g-import-not-at-top
+    build_cascade_graph(spec)
+  kwargs.setdefault("max_batch_size", config.batch_size)
+  return CascadeModelHandler.from_spec(spec, **kwargs)

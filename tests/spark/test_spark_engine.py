@@ -1,0 +1,148 @@
+"""`tfcascade run --engine spark`: the same job as the Beam one, on embedded
+Spark and on the real 2-worker standalone cluster; and a lost executor that
+Spark retries, after which every record is still published exactly once.
+
+The Spark runs go through the CLI in a subprocess (one SparkContext per
+process; this is also how users run it)."""
+
+import glob
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import tensorflow as tf
+
+from pipeline.cli import main
+from tests.jobs import check_against_oracle, make_job, summary_of
+from tests import tiny_models as tm
+
+pytestmark = pytest.mark.spark
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Records that do not parse, a damaged file under quarantine: the dead-letter
+# and quarantine paths must agree too.
+JOB_OVERRIDES = ["--set", "input.on_corrupt=quarantine",
+                 "--set", "dead_letter.max_fraction=0.05"]
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+  made = make_job(tmp_path_factory.mktemp("sparkjob"), n_records=1500)
+  data = made["root"] / "data"
+  with tf.io.TFRecordWriter(str(data / "part-3.tfrecord.gz"), "GZIP") as w:
+    w.write(made["examples"][0][:-3])  # truncated proto: does not parse
+    w.write(b"not an Example")
+    w.write(tm.make_examples(tf.zeros([1, 64]).numpy(), [b"zero"])[0])
+  framed = open(str(data / "part-0.tfrecord.gz"), "rb").read()
+  with gzip.open(data / "part-4.tfrecord.gz", "wb") as f:  # damaged after 2 records
+    raw = gzip.decompress(framed)
+    cut = 2 * 16 + sum(len(e) for e in made["examples"][0:6:3])  # shard 0 = examples[0::3]
+    f.write(raw[:cut] + b"\xff" * 40)
+  return made
+
+
+def _spark_cli(job, out, master, env, *extra):
+  cmd = [sys.executable, "-m", "pipeline", "run", "--config", job["config"],
+         "--set", f"output.path={out}", *JOB_OVERRIDES, "--engine", "spark",
+         "--master", master, "--spark-conf", "spark.driver.host=127.0.0.1",
+         "--spark-conf", "spark.driver.bindAddress=127.0.0.1",
+         "--spark-conf", "spark.ui.enabled=false", *extra]
+  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, errors="replace",
+                        timeout=900)
+
+
+def _contents(out):
+  """Everything a consumer reads, in a form that ignores file boundaries."""
+  rows = {}
+  for path in glob.glob(str(out / "predictions-*")):
+    for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+      feature = tf.train.Example.FromString(record).features.feature
+      key = feature["id"].bytes_list.value[0]
+      rows[key] = {name: list(getattr(f, f.WhichOneof("kind")).value)
+                   for name, f in feature.items()}
+  dead = sorted(json.dumps(json.loads(line), sort_keys=True)
+                for path in glob.glob(str(out / "dead_letter" / "*.jsonl"))
+                for line in open(path))
+  summary = summary_of(out)
+  counts = {k: summary[k] for k in ("records_read", "records_written",
+                                    "records_dead_lettered", "files_quarantined",
+                                    "dead_letter_reasons", "accounted")}
+  counts["stages"] = {s: (v["rows_in"], v["rows_run"]) for s, v in summary["stages"].items()}
+  return rows, dead, counts
+
+
+def test_spark_output_equals_the_direct_runners(job, tmp_path, spark_env, spark_cluster):
+  beam_out = tmp_path / "beam"
+  assert main(["run", "--config", job["config"], "--set", f"output.path={beam_out}",
+               *JOB_OVERRIDES, "--runner=DirectRunner"]) == 0
+  expected = _contents(beam_out)
+  assert expected[2]["records_dead_lettered"] == 2 and expected[2]["files_quarantined"]
+  assert len(expected[0]) == 1501
+  env = dict(os.environ, **spark_env)
+  for master in ("local[2]", spark_cluster):
+    # (Beam's FileSystems read "[...]" in a path as a glob.)
+    out = tmp_path / "".join(c if c.isalnum() else "_" for c in master)
+    result = _spark_cli(job, out, master, env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "_SUCCESS").exists()
+    assert _contents(out) == expected, master  # every record, every feature
+    summary = summary_of(out)
+    assert summary["runner"] == f"Spark ({master})"
+    # One session per Python worker: at most one per task, fewer with reuse.
+    assert 1 <= summary["metrics"]["sessions_opened"] <= summary["metrics"]["tasks"]
+
+
+@pytest.fixture(scope="module")
+def big_job(tmp_path_factory):
+  """12 uncompressed shards: 12 tasks, long enough to lose an executor."""
+  made = make_job(tmp_path_factory.mktemp("sparkbig"), n_records=12000)
+  for shard in range(12):
+    with tf.io.TFRecordWriter(str(made["root"] / "data" / f"u-{shard:02d}.tfrecord")) as w:
+      for record in made["examples"][shard::12]:
+        w.write(record)
+  return made
+
+
+def _executors():
+  return [p for p in psutil.process_iter(["cmdline"])
+          if "org.apache.spark.executor.CoarseGrainedExecutorBackend"
+          in " ".join(p.info["cmdline"] or [])]
+
+
+def test_a_lost_executor_is_retried_and_every_record_published_once(
+    big_job, tmp_path, spark_env, spark_cluster):
+  out = tmp_path / "out"
+  cmd = [sys.executable, "-m", "pipeline", "run", "--config", big_job["config"],
+         "--set", f"output.path={out}",
+         "--set", f"input.pattern={big_job['root']}/data/u-*.tfrecord",
+         "--set", "batch_size=50", "--engine", "spark", "--master", spark_cluster,
+         "--spark-conf", "spark.driver.host=127.0.0.1",
+         "--spark-conf", "spark.driver.bindAddress=127.0.0.1",
+         "--spark-conf", "spark.ui.enabled=false",
+         "--spark-conf", "spark.task.maxFailures=4"]
+  proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, **spark_env),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          errors="replace")
+  deadline = time.time() + 300
+  staged = []
+  while time.time() < deadline and proc.poll() is None and not staged:
+    staged = [p for p in glob.glob(str(out / "_staging" / "*" / "files" / "predictions-*"))
+              if os.path.exists(p) and os.path.getsize(p) > 0]
+    time.sleep(0.05)
+  assert staged and proc.poll() is None, "no task was caught writing"
+  executors = _executors()
+  assert len(executors) == 2, executors  # both busy: 12 tasks on 2 executors
+  executors[0].send_signal(signal.SIGKILL)  # the JVM; its Python workers go with it
+  stdout, stderr = proc.communicate(timeout=600)
+  assert proc.returncode == 0, stderr[-3000:]
+  assert "lost" in stderr.lower(), "Spark reported no lost task or executor"
+  check_against_oracle(out, big_job["oracle"])  # every record exactly once
+  summary = summary_of(out)
+  assert (summary["records_read"], summary["records_written"]) == (12000, 12000)
+  assert not (out / "_staging").exists()  # the lost attempt's files went too
+  assert "records read 12,000, written 12,000" in stdout
