@@ -112,3 +112,24 @@ def test_shipped_configs_validate(name):
   config = load_config(os.path.join(root, "configs", name), ["run_date=2026-11-25"])
   assert [s.name for s in config.stages] == ["a", "b"]
   assert config.cascade_spec().stages[1].run_if == "a.confidence < 0.9"
+
+
+def test_thread_pools_are_sized_per_worker_process():
+  """Thread counts left at 0 give each worker process its share of the
+  cores; the process count comes from the runner's options."""
+  from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=g-import-not-at-top
+  from pipeline import job  # pylint: disable=g-import-not-at-top
+  from transforms.engine.spec import SessionSpec  # pylint: disable=g-import-not-at-top
+  assert SessionSpec().threads(8) == (8, 8)
+  assert SessionSpec(processes_per_host=2).threads(8) == (4, 4)
+  assert SessionSpec(processes_per_host=0).threads(8) == (1, 1)  # one per core
+  assert SessionSpec(processes_per_host=16).threads(8) == (1, 1)
+  assert SessionSpec(intra_op_threads=3, processes_per_host=2).threads(8) == (3, 4)
+  for flags, processes in [
+      ([], 1),
+      (["--direct_running_mode=multi_processing", "--direct_num_workers=2"], 2),
+      (["--direct_running_mode=multi_processing", "--direct_num_workers=0"], 0),
+      (["--direct_running_mode=multi_threading", "--direct_num_workers=4"], 1),
+      (["--runner=DataflowRunner"], 0),
+      (["--runner=DataflowRunner", "--experiments=no_use_multiple_sdk_containers"], 1)]:
+    assert job.processes_per_host(PipelineOptions(flags)) == processes, flags
