@@ -65,10 +65,12 @@ def plan_runs(small: int, big: int, quick: bool):
           beam_args=DIRECT)
     for n in (small // 4, small):
       add(f"{kind}/naive", "naive", kind, n, layout="sharded", beam_args=DIRECT)
-    # Two worker processes: each imports TF and restores its own session.
+    # Two worker processes: each imports TF and restores its own session; two
+    # sizes, so a steady rate (without those fixed costs) can be fitted.
     if kind == "heavy" or not quick:
-      add(f"{kind}/tfcascade-mp2", "tfcascade", kind, big, layout="sharded",
-          beam_args=MP2)
+      for n in (small, big):
+        add(f"{kind}/tfcascade-mp2", "tfcascade", kind, n, layout="sharded",
+            beam_args=MP2)
   # Gated heavy cascades; the ungated one is heavy/tfcascade above.
   for gate in ("100", "10") + (() if quick else ("50",)):
     for n in ((small, big) if gate != "50" and not quick else (big,)):
