@@ -167,7 +167,7 @@ class _CascadeDoFn(beam.DoFn):
     the accounting uses counts emitted as data)."""
     for latency in scored.batch_latencies_us:
       self._batch_latency.update(latency)
-    rows = sum(scored.rows_in.values()) // max(len(scored.rows_in), 1)
+    rows = scored.rows_scored
     if rows:
       self._batch_size.update(rows)
       self._inferences.inc(rows)

@@ -54,8 +54,9 @@ class ScoredChunk:
   batch_latencies_us: List[int] = dataclasses.field(default_factory=list)
 
   @property
-  def records_scored(self) -> int:
-    return sum(n for n, _ in self.blobs)
+  def rows_scored(self) -> int:
+    """Rows the cascade ran on (every stage's rows_in is that number)."""
+    return next(iter(self.rows_in.values()), 0)
 
   def counts(self) -> List[Tuple[str, int]]:
     """(key, n) counts for the run's accounting (see transforms.publish):
@@ -70,6 +71,7 @@ class ScoredChunk:
 @dataclasses.dataclass
 class Inferred:
   """A chunk's session results before encoding (ChunkScorer.infer)."""
+  records: List[bytes]  # the chunk's serialized records, by position
   scored: ScoredChunk  # counts and timings so far; blobs come in finish
   parts: List[Tuple[np.ndarray, dict]]  # (positions, engine result) that scored
   dead: List[Tuple[int, str]]  # (position, reason)
@@ -121,16 +123,15 @@ class ChunkScorer:
       StageFailedError: as in score.
     """
     records = [r for _, r in chunk.records]
-    inferred = Inferred(ScoredChunk([], [], {s: 0 for s in self._stages},
-                                    {s: 0 for s in self._stages}), [], [])
+    inferred = Inferred(records, ScoredChunk([], [], {s: 0 for s in self._stages},
+                                             {s: 0 for s in self._stages}), [], [])
     inferred.parts = list(self._run_isolating(
         records, np.arange(len(records)), inferred.dead, inferred.scored, chunk))
     return inferred
 
   def finish(self, chunk: RecordChunk, inferred: Inferred) -> ScoredChunk:
     """The Python part of `score`: checks, passthrough copies, encoding."""
-    records = [r for _, r in chunk.records]
-    out, dead = inferred.scored, inferred.dead
+    records, out, dead = inferred.records, inferred.scored, inferred.dead
     for positions, result in inferred.parts:
       self._emit(records, positions, result, dead, out)
     out.dead_letters = [
