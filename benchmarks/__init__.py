@@ -1,1 +1,1 @@
-"""Benchmarks for tfcascade (issue 5): `python -m benchmarks.run [--quick]`."""
+"""Benchmarks for tfcascade: `python -m benchmarks.run [--quick]` (RESULTS.md), `python -m benchmarks.engines` (ENGINES.md)."""

@@ -84,6 +84,20 @@ SYSTEMS = {  # name -> (description, extra `tfcascade run` arguments)
 }
 
 
+def _flops(f: float) -> str:
+  return f"{f / 1e6:.2f} MFLOP" if f >= 1e5 else f"{f / 1e3:.1f} kFLOP"
+
+
+def _models(data) -> str:
+  """The model pairs this run used, from its manifest."""
+  man = data["manifest"]
+  return "; ".join(
+      f"**{kind}** A {'->'.join(map(str, man['archs'][kind]['a']))}, B "
+      f"{'->'.join(map(str, man['archs'][kind]['b']))} "
+      f"({_flops(sum(man['flops_per_row'][kind].values()))}/row)"
+      for kind in KINDS)
+
+
 # --- data and config (in a child: the driver never imports TensorFlow) -------
 
 def prepare_child(workdir: str, n: int) -> dict:
@@ -605,9 +619,7 @@ dir, started once before the first round ({_fmt(data.get('cluster_start_s'))} s)
 and stopped at the end; every run is a new Spark application, so it starts
 new executor JVMs.
 
-Models (`benchmarks.workloads.ARCHS`): **heavy** A 64->512->512->10, B
-74->1024->1024->1024->10 (4.97 MFLOP/row); **light** A 64->10, B 74->10
-(2.8 kFLOP/row).
+Models (`benchmarks.workloads.ARCHS` when this ran): {_models(data)}.
 
 Each round runs every system once per workload, the order of systems rotated
 by one per round (and the order of workloads alternated). Timed: process

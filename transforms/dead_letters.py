@@ -45,7 +45,8 @@ def quarantine_entry(source: str, index: int, offset: int, error: str,
     index: index of the first record that could not be read.
     offset: byte offset (in the decompressed stream) of that record's header.
     error: what is wrong.
-    records_salvaged: good records read before the damage (they were scored).
+    records_salvaged: good records read before the damage (they were
+      scored): of the file, or of its byte range when it was split.
   """
   return {"source": source, "index": index, "offset": offset, "error": error,
           "records_salvaged": records_salvaged, "raw_b64": ""}

@@ -2,13 +2,16 @@
 
 A whole batch becomes ONE blob of ready-to-append file bytes, so the sink
 writes a few large strings instead of one element per row (docs/design.md, fact 11).
+Each encoder returns (records in the blob, blob): the count is of what it
+produced, not of what it was asked for, so a row lost in encoding fails the
+run's accounting instead of vanishing.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -17,7 +20,8 @@ from transforms.tfrecord_framing import frame_records
 
 
 def encode_tfrecord(columns: Dict[str, np.ndarray], num_rows: int,
-                    raw: Optional[Dict[str, List[Optional[bytes]]]]) -> bytes:
+                    raw: Optional[Dict[str, List[Optional[bytes]]]]
+                    ) -> Tuple[int, bytes]:
   """Framed `tf.train.Example`s: passthrough features + `<stage>/<output>`.
 
   Args:
@@ -27,8 +31,8 @@ def encode_tfrecord(columns: Dict[str, np.ndarray], num_rows: int,
     raw: passthrough feature name -> per-row serialized `Feature` bytes copied
       from the input records (None where a record lacks it), or None.
   """
-  return frame_records(example_codec.encode_examples(columns, num_rows,
-                                                     raw_features=raw))
+  examples = example_codec.encode_examples(columns, num_rows, raw_features=raw)
+  return len(examples), frame_records(examples)
 
 
 def _json_bytes(value: bytes):
@@ -46,7 +50,8 @@ def _json_value(feature) -> list:
 
 
 def encode_jsonl(columns: Dict[str, np.ndarray], num_rows: int,
-                 raw: Optional[Dict[str, List[Optional[bytes]]]]) -> bytes:
+                 raw: Optional[Dict[str, List[Optional[bytes]]]]
+                 ) -> Tuple[int, bytes]:
   """One JSON object per row: passthrough values and outputs, as lists.
 
   Args: as for encode_tfrecord.
@@ -62,7 +67,7 @@ def encode_jsonl(columns: Dict[str, np.ndarray], num_rows: int,
       values = np.asarray(value[row]).reshape(-1).tolist()
       obj[name] = [_json_bytes(v) if isinstance(v, bytes) else v for v in values]
     lines.append(json.dumps(obj, separators=(",", ":")))
-  return ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
+  return len(lines), ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
 
 
 ENCODERS = {"tfrecord": encode_tfrecord, "jsonl": encode_jsonl}

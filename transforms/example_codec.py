@@ -35,7 +35,7 @@ _INT64_MAX = np.iinfo(np.int64).max
 
 
 def encode_examples(columns: Mapping[str, Column], num_rows: int, *,
-                    raw_features: Optional[Mapping[str, Sequence[bytes]]] = None
+                    raw_features: Optional[Mapping[str, Sequence[Optional[bytes]]]] = None
                     ) -> List[bytes]:
   """Serializes `num_rows` tf.train.Example protos from columns.
 
@@ -47,7 +47,8 @@ def encode_examples(columns: Mapping[str, Column], num_rows: int, *,
       bytes_list. A list of numbers is converted with np.asarray.
     num_rows: N, the number of Examples.
     raw_features: feature name -> N already-serialized `Feature` messages
-      (e.g. from raw_feature_bytes), copied into the output unchanged.
+      (e.g. from raw_feature_bytes), copied into the output unchanged; None
+      for a row that lacks the feature (the row's Example has no entry).
 
   Returns:
     N serialized tf.train.Example messages.
@@ -242,11 +243,12 @@ def _raw_parts(key_field, features, n, name):
   if len(features) != n:
     raise ValueError(f"raw feature {name!r}: expected {n} rows, got "
                      f"{len(features)}")
-  # A MapEntry is key_field, then 12 varint(len) Feature.
+  # A MapEntry is key_field, then 12 varint(len) Feature; a row lacking the
+  # feature (None) gets no entry at all.
   headers = _memo_map(
-      lambda m: _entry_header_for_feature(key_field, m),
-      [len(f) for f in features])
-  return [headers, [bytes(f) for f in features]]
+      lambda m: b"" if m < 0 else _entry_header_for_feature(key_field, m),
+      [-1 if f is None else len(f) for f in features])
+  return [headers, [b"" if f is None else bytes(f) for f in features]]
 
 
 def _fixed_entries(key_field, list_kind, payload):

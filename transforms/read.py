@@ -92,7 +92,8 @@ def _index(path, size, max_record_bytes):
 def read_range(task: ReadRange, chunk_size: int, max_record_bytes: int,
                on_corrupt: str) -> Iterator[Union[RecordChunk, dict]]:
   """Reads one ReadRange: RecordChunks, then (damage under 'quarantine') one
-  quarantine dead-letter entry for the rest of the file.
+  quarantine dead-letter entry for the rest of the range (a whole file, or
+  one byte range of a split file: later ranges are read on their own).
 
   Raises:
     CorruptInputError: damaged framing under on_corrupt 'fail'.
@@ -111,9 +112,11 @@ def read_range(task: ReadRange, chunk_size: int, max_record_bytes: int,
       raise CorruptInputError(
           f"{e} (input.on_corrupt is 'fail'; set it to 'quarantine' to keep "
           f"the records before the damage and go on)") from None
+    ranged = task.start_offset > 0 or task.end_offset is not None
     yield dead_letters.quarantine_entry(
         e.path, e.index, e.offset,
-        f"corrupt TFRecord framing: {e.reason}; rest of file skipped", salvaged)
+        f"corrupt TFRecord framing: {e.reason}; rest of "
+        f"{'byte range' if ranged else 'file'} skipped", salvaged)
 
 
 class _PlanRanges(beam.DoFn):

@@ -242,7 +242,7 @@ class ChunkScorer:
     if keep.any():
       columns = {k: v[keep] for k, v in {**parsed, **outputs}.items()}
       kept = int(keep.sum())
-      out.blobs.append((kept, self._encode(columns, kept, raw)))
+      out.blobs.append(self._encode(columns, kept, raw))
 
   def _copy_raw_passthrough(self, records, positions, keep, dead):
     """Serialized passthrough Features of the kept rows, copied byte for byte.
