@@ -1,14 +1,20 @@
 """Per-row cost of each piece of tfcascade's hot path, without Beam's runner.
 
-Usage: .venv/bin/python -m benchmarks.breakdown [--kind light] [--n 50000]
-  [--workdir /tmp/tfcascade-bench/50000_200000]
+Usage: .venv/bin/python -m benchmarks.breakdown [--kind light] [--n 100000]
+  [--workdir /tmp/tfcascade-bench/100000_400000]
 
+`python -m benchmarks.run` runs it too (system "breakdown") and reports it.
 Runs the job's own per-chunk code on the benchmark's data (run
 `python -m benchmarks.run` first; `--quick` data: --n 20000 --workdir
-/tmp/tfcascade-bench/5000_20000), piece by piece:
+/tmp/tfcascade-bench/20000_80000), piece by piece:
 
   read     transforms.tfrecord_framing.read_record_chunks (framing + 2 CRCs),
            in chunks of the job's batch_size, as ReadRecordChunks does;
+  read-gzip  the same reader on the gzip copy of the same files;
+  read-tfdata  the alternative: tf.data's C++ TFRecordDataset (CRCs checked
+           in C++), batched, each record turned into the Python bytes the
+           scorer needs for provenance and dead letters (not used by the job:
+           measured to show why);
   score    CascadeSession.run alone (in-graph parse + every stage);
   dofn     the cascade DoFn's whole `process` per chunk (transforms.run_cascade:
            score + splitting the outputs + non-finite check + raw passthrough
@@ -35,14 +41,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from apache_beam.utils import shared  # noqa: E402
 
-from benchmarks import systems  # noqa: E402  (imports TF)
+from benchmarks import systems, workloads  # noqa: E402  (imports TF)
 from transforms import tfrecord_framing as framing  # noqa: E402
 from transforms.engine import CascadeSession  # noqa: E402
 from transforms.read import RecordChunk  # noqa: E402
 from transforms.run_cascade import _CascadeDoFn, process_bundle  # noqa: E402  pylint: disable=protected-access
 from transforms.shard_writer import ShardWriter  # noqa: E402
 
-PIECES = ("read", "score", "dofn", "write")
+PIECES = ("read", "read-gzip", "read-tfdata", "score", "dofn", "write")
 
 
 def _config(workdir, kind, n):
@@ -75,11 +81,15 @@ def _cascade_dofn(config):
   return dofn
 
 
-def one_pass(clock, config, files, session, dofn, scratch):
+def one_pass(clock, config, files, gzip_files, session, dofn, scratch):
   """Times every piece once over all files; returns the rows processed."""
   chunks = clock.time("read", lambda: [
       RecordChunk(f, c) for f in files for c in framing.read_record_chunks(
           f, compression="none", chunk_size=config.batch_size)])
+  clock.time("read-gzip", lambda: [
+      c for f in gzip_files for c in framing.read_record_chunks(
+          f, compression="gzip", chunk_size=config.batch_size)])
+  clock.time("read-tfdata", lambda: _read_tfdata(files, config.batch_size))
   clock.time("score", lambda: [session.run([r for _, r in c.records])
                                for c in chunks])
   outputs = clock.time("dofn", lambda: process_bundle(dofn, chunks))
@@ -87,6 +97,13 @@ def one_pass(clock, config, files, session, dofn, scratch):
   blobs = [o for o in outputs if isinstance(o, tuple)]
   clock.time("write", lambda: _write(blobs, scratch))
   return sum(len(c.records) for c in chunks)
+
+
+def _read_tfdata(files, batch_size):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return [RecordChunk(f, list(enumerate(batch.numpy().tolist())))
+          for f in files
+          for batch in tf.data.TFRecordDataset(f, buffer_size=1 << 20).batch(batch_size)]
 
 
 def _write(blobs, directory):
@@ -97,42 +114,50 @@ def _write(blobs, directory):
   os.remove(writer.path)
 
 
-def report(clock, kind, rows):
-  print(f"{kind}, {rows:,} rows, us/row (median of {len(clock.wall['read'])} "
-        f"passes): wall / process CPU")
+def summarize(clock, rows):
+  """us/row per piece, median of the passes: {piece: (wall, cpu)}, with
+  "dofn-score" (the DoFn beyond the engine) and "outside_models" (read +
+  dofn-score + write: what the job spends per row besides TF running the
+  parse and the models)."""
   med = {k: (statistics.median(clock.wall[k]) / rows * 1e6,
              statistics.median(clock.cpu[k]) / rows * 1e6) for k in PIECES}
-  lines = [(k, *med[k]) for k in PIECES]
-  lines.insert(3, ("dofn-score", med["dofn"][0] - med["score"][0],
-                   med["dofn"][1] - med["score"][1]))
-  for name, wall, cpu in lines:
-    print(f"  {name:10s} {wall:7.2f} / {cpu:7.2f}")
-  total = [med["read"][i] + med["dofn"][i] + med["write"][i] for i in (0, 1)]
-  print(f"  {'total':10s} {total[0]:7.2f} / {total[1]:7.2f}  (read + dofn + write) "
-        f"-> {1e6 / total[0]:,.0f} rows/s wall")
+  med["dofn-score"] = tuple(med["dofn"][i] - med["score"][i] for i in (0, 1))
+  med["outside_models"] = tuple(med["read"][i] + med["dofn-score"][i] + med["write"][i]
+                                for i in (0, 1))
+  return med
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--kind", default="light")
-  parser.add_argument("--n", type=int, default=50000)
-  parser.add_argument("--workdir", default="/tmp/tfcascade-bench/50000_200000")
-  parser.add_argument("--passes", type=int, default=3)
-  args = parser.parse_args()
-  config = _config(args.workdir, args.kind, args.n)
+def measure(workdir, kind, n, passes=3):
+  """Runs every piece `passes` times on the n-row sharded data; summarize()."""
+  config = _config(workdir, kind, n)
   files = sorted(glob.glob(config.input_patterns[0]))
-  if not files:
+  gzip_files = sorted(glob.glob(workloads.data_paths(workdir, n)["gzip"]))
+  if not files or len(gzip_files) != len(files):
     raise SystemExit(f"no data at {config.input_patterns[0]}: run "
                      f"`python -m benchmarks.run` first")
   session = CascadeSession(config.cascade_spec())
   dofn = _cascade_dofn(config)
   clock = _Clock()
   with tempfile.TemporaryDirectory(prefix="tfcascade-breakdown-") as tmp:
-    for _ in range(args.passes):
-      rows = one_pass(clock, config, files, session, dofn, tmp)
+    for _ in range(passes):
+      rows = one_pass(clock, config, files, gzip_files, session, dofn, tmp)
   dofn.teardown()
   session.close()
-  report(clock, args.kind, rows)
+  return {"rows": rows, "passes": passes, "us_per_row": summarize(clock, rows)}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--kind", default="light")
+  parser.add_argument("--n", type=int, default=100000)
+  parser.add_argument("--workdir", default="/tmp/tfcascade-bench/100000_400000")
+  parser.add_argument("--passes", type=int, default=3)
+  args = parser.parse_args()
+  result = measure(args.workdir, args.kind, args.n, args.passes)
+  print(f"{args.kind}, {result['rows']:,} rows, us/row (median of {args.passes} "
+        f"passes): wall / process CPU")
+  for name, (wall, cpu) in result["us_per_row"].items():
+    print(f"  {name:14s} {wall:7.2f} / {cpu:7.2f}")
 
 
 if __name__ == "__main__":

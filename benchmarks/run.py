@@ -1,6 +1,6 @@
-"""Issue 5's benchmark: `.venv/bin/python -m benchmarks.run [--quick]`.
+"""The benchmark: `.venv/bin/python -m benchmarks.run [--quick]`.
 
-Builds deterministic TFRecords and two model pairs (benchmarks.workloads),
+Builds deterministic TFRecords and three model pairs (benchmarks.workloads),
 then runs every system (benchmarks.systems) in its own fresh process, in
 interleaved rounds (every configuration once per round, shuffled), so a noisy
 neighbour hurts all systems alike. The driver samples the RSS of each run's
@@ -8,7 +8,8 @@ process tree from a thread and notes how busy the rest of the machine was.
 Outputs are checked against B0's (max |difference| of B's probabilities per
 id; gate decisions against A's confidence). Results go to
 benchmarks/results.json (raw, every run) and benchmarks/RESULTS.md (medians,
-fits, ratios, targets); `--report-only` rebuilds the report from the json.
+fits, ratios, targets, analysis) and the README's headline block;
+`--report-only` rebuilds them from the json.
 A `--quick` smoke run (small sizes, one round) writes results-quick.json and
 RESULTS-quick.md instead, so it never overwrites the full run's report.
 """
@@ -36,8 +37,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 RESULTS_JSON = os.path.join(HERE, "results.json")
 RESULTS_MD = os.path.join(HERE, "RESULTS.md")
+README = os.path.join(ROOT, "README.md")
 DIRECT = ["--runner=DirectRunner"]
 MP2 = DIRECT + ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+KINDS = ("heavy", "light", "ultralight")
 
 
 def mt(n):
@@ -47,39 +50,47 @@ def mt(n):
 def plan_runs(small: int, big: int, quick: bool):
   """Every configuration of one round (list of dicts; `once`: first round only).
 
-  Naive Beam runs at small/4 and small rows: at ~0.5 ms/row it would spend
-  minutes per 200k run, and its cost is almost all per-row, so the fit on
-  smaller sizes gives the same steady-state rate (its big-size time is
-  extrapolated from the fit, and marked so in the report).
+  Naive Beam runs at small/4 and small rows: its cost is almost all per-row,
+  so the fit on smaller sizes gives the same steady-state rate (its big-size
+  time is extrapolated from the fit, and marked so in the report).
   """
   runs = []
 
   def add(name, system, kind, n, **extra):
     runs.append(dict(name=name, system=system, kind=kind, n=n, **extra))
 
-  for kind in ("heavy", "light"):
+  for kind in KINDS:
     for n in (small, big):
       add(f"{kind}/b0", "b0", kind, n)
       add(f"{kind}/tfdata", "tfdata", kind, n, layout="sharded")
       add(f"{kind}/tfcascade", "tfcascade", kind, n, layout="sharded",
           beam_args=DIRECT)
-    for n in (small // 4, small):
-      add(f"{kind}/naive", "naive", kind, n, layout="sharded", beam_args=DIRECT)
-    # Two worker processes: each imports TF and restores its own session; two
-    # sizes, so a steady rate (without those fixed costs) can be fitted.
-    if kind == "heavy" or not quick:
-      for n in (small, big):
-        add(f"{kind}/tfcascade-mp2", "tfcascade", kind, n, layout="sharded",
-            beam_args=MP2)
+      if kind != "ultralight":
+        # Every shipped config reads gzip: T0 and tfcascade on gzip input
+        # (tfcascade also writes gzip).
+        add(f"{kind}/tfdata-gzip", "tfdata", kind, n, layout="gzip")
+        add(f"{kind}/tfcascade-gzip", "tfcascade", kind, n, layout="gzip",
+            beam_args=DIRECT)
+    if kind != "ultralight" and not quick:
+      for n in (small // 4, small):
+        add(f"{kind}/naive", "naive", kind, n, layout="sharded", beam_args=DIRECT)
+    # CPU per piece of the hot path (benchmarks.breakdown), without Beam.
+    add(f"{kind}/breakdown", "breakdown", kind, small, layout="sharded")
+  # Two worker processes: each imports TF and restores its own session; two
+  # sizes, so a steady rate (without those fixed costs) can be fitted.
+  for n in (small, big):
+    add("heavy/tfcascade-mp2", "tfcascade", "heavy", n, layout="sharded",
+        beam_args=MP2)
   # Gated heavy cascades; the ungated one is heavy/tfcascade above.
   for gate in ("100", "10") + (() if quick else ("50",)):
-    for n in ((small, big) if gate != "50" and not quick else (big,)):
+    for n in ((small, big) if gate != "50" else (big,)):
       add(f"heavy/tfcascade-gate{gate}", "tfcascade", "heavy", n,
           layout="sharded", gate=gate, beam_args=DIRECT)
-  # Memory: one process, 1 vs 4 threads.
-  add("light/tfcascade-mt1", "tfcascade", "light", big, layout="sharded",
+  # Memory with the heavy models: one process, 1 vs 4 threads (one session
+  # either way); the start-up run opens a second session as the control.
+  add("heavy/tfcascade-mt1", "tfcascade", "heavy", big, layout="sharded",
       beam_args=mt(1))
-  add("light/tfcascade-mt4", "tfcascade", "light", big, layout="sharded",
+  add("heavy/tfcascade-mt4", "tfcascade", "heavy", big, layout="sharded",
       beam_args=mt(4))
   # Start-up: pieces timed in-process, and the whole job on one batch.
   add("heavy/startup", "startup", "heavy", 0)
@@ -199,15 +210,16 @@ def machine_info():
 
 # --- output checks -----------------------------------------------------------
 
-def _read_outputs(files, gated):
+def _read_outputs(files, gated, width):
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   spec = {"id": tf.io.FixedLenFeature([], tf.string),
-          "b/probs": tf.io.FixedLenFeature([10], tf.float32)}
+          "b/probs": tf.io.FixedLenFeature([width], tf.float32)}
   if gated:
     spec["b/ran"] = tf.io.FixedLenFeature([], tf.int64)
   ids, probs, ran = [], [], []
-  ds = tf.data.TFRecordDataset(sorted(files)).batch(8192).map(
+  gz = files and files[0].endswith(".gz")
+  ds = tf.data.TFRecordDataset(sorted(files), "GZIP" if gz else None).batch(8192).map(
       lambda s: tf.io.parse_example(s, spec))
   for batch in ds.as_numpy_iterator():
     ids.append(np.array([int(i[1:]) for i in batch["id"]]))
@@ -223,15 +235,16 @@ def verify(spec, ref_path):
   import numpy as np  # pylint: disable=g-import-not-at-top
   ref = np.load(ref_path)
   n = spec["n"]
+  width = ref["probs"].shape[1]
   gated = bool(spec.get("gate"))
   if spec["system"] in ("b0", "tfdata"):
     got = np.load(spec["verify"])
     ids, probs, ran = got["ids"], got["probs"], None
   else:
-    pattern = ("predictions/predictions-*.tfrecord" if spec["system"] == "tfcascade"
+    pattern = ("predictions/predictions-*.tfrecord*" if spec["system"] == "tfcascade"
                else "part-*.tfrecord")
     ids, probs, ran = _read_outputs(glob.glob(os.path.join(spec["out"], pattern)),
-                                    gated)
+                                    gated, width)
   order = np.argsort(ids)
   ids, probs = ids[order], probs[order]
   result = {"rows": int(len(ids)),
@@ -257,12 +270,22 @@ def verify(spec, ref_path):
 
 # --- main --------------------------------------------------------------------
 
+def _write_reports(data, results_md, quick):
+  """RESULTS.md, and (full runs) the README's headline block, from `data`."""
+  report.write(data, results_md)
+  print(f"wrote {results_md}")
+  if not quick:
+    report.update_readme(data, README)
+    print(f"updated the benchmark headline in {README}")
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true",
                       help="small sizes, one round (a smoke run, ~5 min)")
   parser.add_argument("--reps", type=int, default=None, help="rounds (default 3; quick 1)")
-  parser.add_argument("--sizes", default=None, help="small,big rows (default 50000,200000)")
+  parser.add_argument("--sizes", default=None,
+                      help="small,big rows (default 100000,400000; quick 20000,80000)")
   parser.add_argument("--workdir", default="/tmp/tfcascade-bench",
                       help="data, models and outputs (not in the repo)")
   parser.add_argument("--only", default=None, help="run configurations whose name contains this")
@@ -279,12 +302,11 @@ def main(argv=None):
   if args.report_only:
     with open(results_json) as f:
       data = json.load(f)
-    report.write(data, results_md)
-    print(f"wrote {results_md}")
+    _write_reports(data, results_md, args.quick)
     return
 
   reps = args.reps or (1 if args.quick else 3)
-  small, big = ((5000, 20000) if args.quick else (50000, 200000))
+  small, big = ((20000, 80000) if args.quick else (100000, 400000))
   if args.sizes:
     small, big = (int(s) for s in args.sizes.split(","))
   budget = args.budget_min  # None: run every round
@@ -363,8 +385,7 @@ def main(argv=None):
   data["elapsed_s"] = time.time() - started
   with open(results_json, "w") as f:
     json.dump(data, f, indent=1)
-  report.write(data, results_md)
-  log(f"wrote {results_json} and {results_md}")
+  _write_reports(data, results_md, args.quick)
   print(report.headline(data))
 
 

@@ -14,11 +14,14 @@ the process tree's RSS from outside. The last stdout line is
 Systems:
   b0:        physical limit: pre-parsed numpy, one session, A -> B in-graph.
   roofline:  GFLOP/s of big matmuls in the same session config.
-  tfdata:    TFRecordDataset -> batch -> parse_example -> A -> B, one process.
+  tfdata:    T0: TFRecordDataset -> batch -> parse_example -> A -> B, one
+             process, writing nothing (gzip layout: GZIP TFRecordDataset).
   naive:     Beam ReadFromTFRecord -> Python parse -> RunInference(A) ->
              RunInference(B) -> WriteToTFRecord (custom ModelHandlers).
   tfcascade: pipeline.job.run on a generated config.
-  startup:   tfcascade's start-up pieces timed one by one.
+  startup:   tfcascade's start-up pieces timed one by one, and the RSS a
+             second CascadeSession adds (the memory measurement's control).
+  breakdown: CPU per row of each piece of the hot path (benchmarks.breakdown).
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ def _build_pair(x, kind):
   with tf1.variable_scope("a"):
     logits, confidence, va = w.build_a(x, kind)
   with tf1.variable_scope("b"):
-    probs, vb = w.build_b(logits, x, kind)
+    probs, vb = w.build_b(logits, kind)
   return confidence, probs, {"a": ("a", va), "b": ("b", vb)}
 
 
@@ -141,7 +144,8 @@ def run_tfdata(spec):
   files = sorted(glob.glob(w.data_paths(spec["workdir"], spec["n"])[spec["layout"]]))
   graph = tf.Graph()
   with graph.as_default():
-    ds = (tf.data.TFRecordDataset(files)
+    ds = (tf.data.TFRecordDataset(
+              files, "GZIP" if spec["layout"] == "gzip" else None)
           .batch(BATCH)
           .map(lambda s: tf.io.parse_example(s, _parse_spec()),
                num_parallel_calls=tf.data.AUTOTUNE)
@@ -207,7 +211,7 @@ def run_naive(spec):
       w.model_dir(workdir, kind, "a"), {"x": "input:0"},
       {"logits": "logits:0", "confidence": "confidence:0"}, config))
   handler_b = KeyedModelHandler(CheckpointHandler(
-      w.model_dir(workdir, kind, "b"), {"logits": "input:0", "x": "pixels:0"},
+      w.model_dir(workdir, kind, "b"), {"logits": "input:0"},
       {"probs": "probs:0"}, config))
 
   def parse(record):
@@ -217,7 +221,7 @@ def run_naive(spec):
 
   def to_b(item):
     key, result = item
-    return key, {"logits": result.inference["logits"], "x": result.example["x"]}
+    return key, {"logits": result.inference["logits"]}
 
   def encode(item):
     key, result = item
@@ -259,12 +263,13 @@ def tfcascade_config(spec) -> dict:
   stage_b = {
       "name": "b", "checkpoint": w.model_dir(workdir, kind, "b"),
       "meta_graph": os.path.join(w.model_dir(workdir, kind, "b"), "model.meta"),
-      "inputs": {"input:0": "a.logits", "pixels:0": "features.x"},
+      "inputs": {"input:0": "a.logits"},
       "outputs": {"probs": "probs:0"}}
   if spec.get("gate"):
     stage_b["run_if"] = f"a.confidence < {spec['threshold']!r}"
   config = {
-      "input": {"pattern": pattern, "compression": "none",
+      "input": {"pattern": pattern,
+                "compression": "gzip" if spec.get("layout") == "gzip" else "none",
                 "features": {"id": {"dtype": "string"},
                              "x": {"dtype": "float32", "shape": [w.FEATURE_DIM]}}},
       "stages": [
@@ -274,7 +279,8 @@ def tfcascade_config(spec) -> dict:
            "outputs": {"logits": "logits:0", "confidence": "confidence:0"}},
           stage_b],
       "output": {"path": os.path.join(spec["out"], "predictions"),
-                 "format": "tfrecord", "passthrough": ["id"]},
+                 "format": "tfrecord", "passthrough": ["id"],
+                 "compression": "gzip" if spec.get("layout") == "gzip" else "none"},
       "batch_size": BATCH,
   }
   if spec.get("split_bytes"):
@@ -324,14 +330,35 @@ def run_startup(spec):
                                           chunk_size=BATCH))
   session.run([r for _, r in chunk])
   t.append(time.perf_counter())
+  # The memory control: what a second copy of the models costs in RSS, so the
+  # 1-vs-4-threads comparison can show it would have seen one.
+  rss_one = _rss()
+  second = CascadeSession(config.cascade_spec())
+  second.run([r for _, r in chunk])
+  second_session_mb = (_rss() - rss_one) / 2**20
+  second.close()
   session.close()
   return {"job_s": t[-1] - t[0], "imports_s": t[1] - t[0],
           "preflight_s": t[2] - t[1], "session_s": t[3] - t[2],
-          "first_batch_s": t[4] - t[3]}
+          "first_batch_s": t[4] - t[3], "second_session_mb": second_session_mb}
+
+
+def _rss():
+  import psutil  # pylint: disable=g-import-not-at-top
+  return psutil.Process().memory_info().rss
+
+
+def run_breakdown(spec):
+  """CPU per piece of the hot path (benchmarks.breakdown), no Beam runner."""
+  from benchmarks import breakdown  # pylint: disable=g-import-not-at-top
+  start = time.perf_counter()
+  result = breakdown.measure(spec["workdir"], spec["kind"], spec["n"])
+  return {"job_s": time.perf_counter() - start, "breakdown": result}
 
 
 SYSTEMS = {"b0": run_b0, "roofline": run_roofline, "tfdata": run_tfdata,
-           "naive": run_naive, "tfcascade": run_tfcascade, "startup": run_startup}
+           "naive": run_naive, "tfcascade": run_tfcascade, "startup": run_startup,
+           "breakdown": run_breakdown}
 
 
 def main():

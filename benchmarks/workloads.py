@@ -1,4 +1,4 @@
-"""Benchmark workloads: deterministic TFRecords and two model pairs.
+"""Benchmark workloads: deterministic TFRecords and three model pairs.
 
 Models are saved the way separately trained models arrive: each from its own
 graph by its own Saver, as a checkpoint plus a `.meta` file, with clashing
@@ -22,18 +22,17 @@ import tensorflow as tf
 tf1 = tf.compat.v1
 
 FEATURE_DIM = 64
-CLASSES = 10
 SHARDS = 4
 DATA_SEED = 20261125
-DATA_VERSION = 1  # bump when the data layout changes, to rebuild caches
+DATA_VERSION = 2  # bump when the data layout changes, to rebuild caches
 
-# Layer widths (input width first). B sees A's logits next to the raw
-# features: 10 + 64 = 74 inputs.
+# Layer widths (input width first); B's input is A's output. heavy and light
+# are the pairs issue 12 measures by; ultralight (a matmul of a few kFLOP per
+# row) shows the job's own cost with almost no model around it.
 ARCHS = {
-    "heavy": {"a": [FEATURE_DIM, 512, 512, CLASSES],
-              "b": [CLASSES + FEATURE_DIM, 1024, 1024, 1024, CLASSES]},
-    "light": {"a": [FEATURE_DIM, CLASSES],
-              "b": [CLASSES + FEATURE_DIM, CLASSES]},
+    "heavy": {"a": [FEATURE_DIM, 512, 64], "b": [64, 2048, 2048, 16]},
+    "light": {"a": [FEATURE_DIM, 512, 64], "b": [64, 512, 16]},
+    "ultralight": {"a": [FEATURE_DIM, 10], "b": [10, 10]},
 }
 MODEL_SEEDS = {"a": 11, "b": 22}
 
@@ -73,16 +72,20 @@ def _mlp(x, widths):
   return x, variables
 
 
+def out_width(kind: str, role: str) -> int:
+  return ARCHS[kind][role][-1]
+
+
 def build_a(x, kind):
-  """A: features [N, 64] -> (logits [N, 10], confidence [N])."""
+  """A: features [N, 64] -> (logits [N, out], confidence [N])."""
   logits, variables = _mlp(x, ARCHS[kind]["a"])
   confidence = tf.reduce_max(tf.nn.softmax(logits), axis=1)
   return logits, confidence, variables
 
 
-def build_b(logits, x, kind):
-  """B: (A's logits [N, 10], features [N, 64]) -> probs [N, 10]."""
-  out, variables = _mlp(tf.concat([logits, x], axis=1), ARCHS[kind]["b"])
+def build_b(logits, kind):
+  """B: A's logits [N, A's out] -> probs [N, B's out]."""
+  out, variables = _mlp(logits, ARCHS[kind]["b"])
   return tf.nn.softmax(out), variables
 
 
@@ -97,9 +100,8 @@ def _save(model_dir, role, kind):
       tf.identity(logits, name="logits")
       tf.identity(confidence, name="confidence")
     else:
-      a = tf1.placeholder(tf.float32, [None, CLASSES], name="input")
-      x = tf1.placeholder(tf.float32, [None, FEATURE_DIM], name="pixels")
-      probs, variables = build_b(a, x, kind)
+      a = tf1.placeholder(tf.float32, [None, out_width(kind, "a")], name="input")
+      probs, variables = build_b(a, kind)
       tf.identity(probs, name="probs")
     saver = tf1.train.Saver(variables)
     with tf1.Session(graph=graph) as sess:
@@ -153,8 +155,8 @@ def _serialize(x: np.ndarray, start: int) -> List[bytes]:
   return out
 
 
-def _write(path, records):
-  with tf.io.TFRecordWriter(path) as w:
+def _write(path, records, compression=None):
+  with tf.io.TFRecordWriter(path, compression) as w:
     for r in records:
       w.write(r)
 
@@ -163,6 +165,7 @@ def data_paths(workdir, n) -> Dict[str, str]:
   base = os.path.join(workdir, "data", str(n))
   return {"sharded": os.path.join(base, "part-*.tfrecord"),
           "single": os.path.join(base, "single", "all.tfrecord"),
+          "gzip": os.path.join(base, "gzip", "part-*.tfrecord.gz"),
           "npy": os.path.join(base, "x.npy"),
           "dir": base}
 
@@ -185,11 +188,14 @@ def prepare(workdir: str, sizes: List[int], log=print) -> dict:
   for n in sizes:
     paths = data_paths(workdir, n)
     os.makedirs(os.path.dirname(paths["single"]), exist_ok=True)
+    os.makedirs(os.path.dirname(paths["gzip"]), exist_ok=True)
     np.save(paths["npy"], x[:n])
     bounds = np.linspace(0, n, SHARDS + 1).astype(int)
     for s in range(SHARDS):
-      _write(os.path.join(paths["dir"], f"part-{s:05d}-of-{SHARDS:05d}.tfrecord"),
-             records[bounds[s]:bounds[s + 1]])
+      name = f"part-{s:05d}-of-{SHARDS:05d}.tfrecord"
+      shard = records[bounds[s]:bounds[s + 1]]
+      _write(os.path.join(paths["dir"], name), shard)
+      _write(os.path.join(os.path.dirname(paths["gzip"]), name + ".gz"), shard, "GZIP")
     _write(paths["single"], records[:n])
   # A one-batch file for measuring the job's fixed cost directly.
   tiny = data_paths(workdir, 1024)
