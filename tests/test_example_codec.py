@@ -16,6 +16,7 @@ import pytest
 import tensorflow as tf
 
 from transforms import example_codec as ec
+from transforms import tfrecord_framing as framing
 
 _INT64 = st.integers(-2**63, 2**63 - 1)
 _NAMES = st.text(min_size=0, max_size=8)
@@ -137,6 +138,42 @@ def test_round_trip_matches_protobuf(batch):
     for name, (column_type, values) in typed_columns.items():
       if column_type.startswith("float") and values[i].size:
         assert raw[name].endswith(values[i].astype("<f4").tobytes())
+
+
+@hypothesis.settings(max_examples=150, deadline=None)
+@hypothesis.given(_batch(), st.data())
+def test_packed_examples_are_the_same_bytes(batch, data):
+  """encode_examples_packed: a matrix only when every row has one width,
+  and either way the bytes encode_examples gives, framed the same."""
+  n, typed_columns = batch
+  columns = {k: v for k, (_, v) in typed_columns.items()}
+  passed = data.draw(st.lists(st.sampled_from(sorted(columns)), unique=True))
+  source = ec.encode_examples(columns, n)
+  raw = {p: [ec.raw_feature_bytes(s, [p]).get(p) for s in source] for p in passed}
+  rest = {k: v for k, v in columns.items() if k not in passed}
+  packed = ec.encode_examples_packed(rest, n, raw_features=raw)
+  one_width = n > 0 and len(set(map(len, source))) == 1
+  is_matrix = isinstance(packed, np.ndarray)
+  assert one_width or not is_matrix
+  assert ([bytes(r) for r in packed] if is_matrix else packed) == source
+  if is_matrix:
+    assert framing.frame_matrix(packed) == framing.frame_records(source)
+
+
+def test_fixed_shape_rows_with_equal_ids_pack_into_one_matrix():
+  """The job's common case (float outputs, ids of one length, a raw
+  passthrough copied) takes the matrix path; a longer id falls back."""
+  n = 5
+  columns = {"b/probs": np.arange(n * 3, dtype=np.float32).reshape(n, 3),
+             "id": [b"r%03d" % i for i in range(n)]}
+  note = [ec.raw_feature_bytes(e, ["note"])["note"] for e in ec.encode_examples(
+      {"note": [b"n%d" % i for i in range(n)]}, n)]
+  packed = ec.encode_examples_packed(columns, n, raw_features={"note": note})
+  assert isinstance(packed, np.ndarray) and packed.shape[0] == n
+  assert [bytes(r) for r in packed] == ec.encode_examples(
+      columns, n, raw_features={"note": note})
+  columns["id"][2] = b"longer-id"
+  assert isinstance(ec.encode_examples_packed(columns, n), list)
 
 
 @hypothesis.settings(max_examples=100, deadline=None)

@@ -17,6 +17,7 @@ import tracemalloc
 
 import hypothesis
 from hypothesis import strategies as st
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -424,3 +425,11 @@ def test_count_records_walks_framing_and_finds_truncation(tmp_path, options):
       f.write(data[:20] + bytes([data[20] ^ 1]) + data[21:])  # record 1's length
     with pytest.raises(fr.CorruptRecordError, match="length CRC mismatch"):
       fr.count_records(path)
+
+
+@pytest.mark.parametrize("n,width", [(0, 5), (1, 0), (3, 0), (1, 7), (64, 300)])
+def test_frame_matrix_frames_like_frame_records(n, width):
+  rng = np.random.default_rng(n * 1000 + width)
+  records = rng.integers(0, 256, (n, width), dtype=np.uint8)
+  rows = [bytes(r) for r in records]
+  assert fr.frame_matrix(records) == fr.frame_records(rows)

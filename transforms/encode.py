@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from transforms import example_codec
-from transforms.tfrecord_framing import frame_records
+from transforms.tfrecord_framing import frame_matrix, frame_records
 
 
 def encode_tfrecord(columns: Dict[str, np.ndarray], num_rows: int,
@@ -31,7 +31,9 @@ def encode_tfrecord(columns: Dict[str, np.ndarray], num_rows: int,
     raw: passthrough feature name -> per-row serialized `Feature` bytes copied
       from the input records (None where a record lacks it), or None.
   """
-  examples = example_codec.encode_examples(columns, num_rows, raw_features=raw)
+  examples = example_codec.encode_examples_packed(columns, num_rows, raw_features=raw)
+  if isinstance(examples, np.ndarray):  # one width: framed with numpy
+    return len(examples), frame_matrix(examples)
   return len(examples), frame_records(examples)
 
 

@@ -12,7 +12,7 @@ header fails fast instead of allocating exabytes. Damage surfaces as one
 exception type, CorruptRecordError, which says where (path, byte offset,
 record index) and why; the caller decides between failing and quarantining.
 
-Pure Python on purpose: no TensorFlow or Beam import, so it runs in any worker
+No TensorFlow or Beam import (numpy and google-crc32c only), so it runs in any worker
 (callers pass Beam's `FileSystems.open` as `open_fn` for remote paths).
 """
 
@@ -28,6 +28,7 @@ import zlib
 from typing import BinaryIO, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import google_crc32c
+import numpy as np
 
 _HEADER = struct.Struct("<QI")  # length, masked CRC of the 8 length bytes
 _LENGTH = struct.Struct("<Q")  # the header's length field alone
@@ -78,12 +79,16 @@ class CorruptRecordError(Exception):
 
 
 def masked_crc32c(data: bytes) -> int:
-  """Returns the TFRecord-masked CRC32C of `data`.
+  """Returns the TFRecord-masked CRC32C of `data`."""
+  return _mask(google_crc32c.value(data))
+
+
+def _mask(crc):
+  """TFRecord's mask of a CRC32C: of an int, or of a numpy uint64 array.
 
   The one definition of the mask; iter_records' hot loop inlines this same
   expression (and is the only place that does).
   """
-  crc = google_crc32c.value(data)
   return ((((crc >> 15) | (crc << 17)) & _U32) + _MASK_DELTA) & _U32
 
 
@@ -101,6 +106,26 @@ def frame_records(records: Sequence[bytes]) -> bytes:
       header = headers[len(record)] = length + pack(masked_crc32c(length))
     parts += (header, record, pack(masked_crc32c(record)))
   return b"".join(parts)
+
+
+def frame_matrix(records: np.ndarray) -> bytes:
+  """TFRecord-frames the rows of a uint8 matrix (records of one width): the
+  bytes frame_records gives for the rows, with only the data CRCs computed
+  per row (the header is the same for every row; numpy places the rest)."""
+  n, width = records.shape
+  if not n:
+    return b""
+  blob = records.tobytes()
+  rows = ([blob[i:i + width] for i in range(0, len(blob), width)] if width
+          else [b""] * n)
+  crcs = _mask(np.fromiter(map(google_crc32c.value, rows), np.uint64, n))
+  length = _LENGTH.pack(width)
+  framed = np.empty((n, width + _FRAME_BYTES), np.uint8)
+  framed[:, :_HEADER_BYTES] = np.frombuffer(
+      length + _FOOTER.pack(masked_crc32c(length)), np.uint8)
+  framed[:, _HEADER_BYTES:_HEADER_BYTES + width] = records
+  framed[:, _HEADER_BYTES + width:] = crcs.astype("<u4").view(np.uint8).reshape(n, 4)
+  return framed.tobytes()
 
 
 def detect_compression(path: str, compression: str = "auto", *,
