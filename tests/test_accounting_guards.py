@@ -825,3 +825,24 @@ def test_quarantine_salvages_every_good_record_before_deflate_damage(job, tmp_pa
               "--set", "input.on_corrupt=quarantine") == 0
   entry = _dead_letters(out, "quarantine")[0]
   assert (entry["index"], entry["records_salvaged"]) == (20, 20), entry
+
+
+def test_a_raw_passthrough_feature_damaged_inside_is_dead_lettered(models):
+  """Found by the DoFn fuzz: a byte flip that makes the id Feature's inner
+  BytesList overrun the Feature. TF parses the record (it never reads `id`
+  when it is copied raw), so the copy must check the Feature itself instead
+  of writing an output Example no reader can parse."""
+  fn = _CascadeDoFn(_spec(models, parsed_id=False), beam.utils.shared.Shared(),
+                    "tfrecord", ["id"], True)
+  fn.setup()
+  try:
+    good = _example(id=_bytes([b"m0"]), pixels=_floats(POOL[0]))
+    assert good.endswith(b"\n\x04\n\x02m0")
+    damaged = good[:-5] + b"\x05" + good[-4:]  # BytesList length 4 -> 5
+    tf.io.parse_example([damaged], {"pixels": tf.io.FixedLenFeature([64], tf.float32)})
+    rows, dead, _ = _score(fn, [RecordChunk("s", [(0, good), (1, damaged)])])
+  finally:
+    fn.teardown()
+  assert [bytes(r["id"][0]) for r in rows] == [b"m0"]
+  assert [d["index"] for d in dead] == [1]
+  assert "passthrough features cannot be copied: feature 'id' is not a valid" in dead[0]["error"]

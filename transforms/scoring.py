@@ -105,6 +105,9 @@ class ChunkScorer:
     # TF reports an unparseable record as InvalidArgumentError or, when its
     # message quotes non-UTF-8 record bytes, as a UnicodeDecodeError.
     self._errors = (tf.errors.OpError, UnicodeDecodeError)
+    self._feature_type = tf.train.Feature
+    from google.protobuf.message import DecodeError  # pylint: disable=g-import-not-at-top
+    self._decode_error = DecodeError
 
   def score(self, chunk: RecordChunk) -> ScoredChunk:
     """Scores a chunk: encoded good rows, dead letters, per-stage counts.
@@ -257,6 +260,8 @@ class ChunkScorer:
       try:
         found = example_codec.raw_feature_bytes(records[positions[i]],
                                                 self._raw_passthrough)
+        for name, value in found.items():
+          self._check_feature(name, value)
       except ValueError as e:
         keep[i] = False
         dead.append((int(positions[i]), f"passthrough features cannot be copied: {e}"))
@@ -264,6 +269,16 @@ class ChunkScorer:
       for name in self._raw_passthrough:
         raw[name].append(found.get(name))
     return raw
+
+  def _check_feature(self, name: str, value: bytes) -> None:
+    """ValueError unless `value` is a whole Feature message. raw_feature_bytes
+    checks the record's map entries; TF never parsed this feature, so a
+    damaged length inside it would be copied into an unreadable output."""
+    try:
+      self._feature_type.FromString(value)
+    except self._decode_error as e:
+      raise ValueError(f"feature {name!r} is not a valid tf.train.Feature "
+                       f"({e})") from None
 
   @staticmethod
   def _finite_rows(outputs, positions, dead) -> np.ndarray:
