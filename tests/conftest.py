@@ -1,10 +1,20 @@
 """Fixtures shared by the runner tests: tests/portable/ (PortableRunner with
 an EXTERNAL worker pool) and tests/flink/ (Flink). The harness behind them is
-tests/runners/harness.py. Session-scoped and built only when a test asks."""
+tests/runners/harness.py. Session-scoped and built only when a test asks.
+Also the hypothesis profile (below)."""
 
+import os
+
+import hypothesis
 import pytest
 
 from tests.runners import harness
+
+# CI (.ci/run sets HYPOTHESIS_PROFILE=ci) replays the same generated examples
+# every run, so landing never hinges on a lucky draw and a failure there
+# reproduces; elsewhere every run explores new examples.
+hypothesis.settings.register_profile("ci", derandomize=True)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(scope="session")

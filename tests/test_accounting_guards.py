@@ -837,8 +837,8 @@ def test_a_raw_passthrough_feature_damaged_inside_is_dead_lettered(models):
   fn.setup()
   try:
     good = _example(id=_bytes([b"m0"]), pixels=_floats(POOL[0]))
-    assert good.endswith(b"\n\x04\n\x02m0")
-    damaged = good[:-5] + b"\x05" + good[-4:]  # BytesList length 4 -> 5
+    at = good.index(b"\x12\x06\n\x04\n\x02m0") + 3  # the BytesList's length
+    damaged = good[:at] + b"\x05" + good[at + 1:]  # 4 -> 5: overruns the Feature
     tf.io.parse_example([damaged], {"pixels": tf.io.FixedLenFeature([64], tf.float32)})
     rows, dead, _ = _score(fn, [RecordChunk("s", [(0, good), (1, damaged)])])
   finally:
