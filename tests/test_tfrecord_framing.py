@@ -433,3 +433,17 @@ def test_frame_matrix_frames_like_frame_records(n, width):
   records = rng.integers(0, 256, (n, width), dtype=np.uint8)
   rows = [bytes(r) for r in records]
   assert fr.frame_matrix(records) == fr.frame_records(rows)
+
+
+def test_gzip_zero_padding_is_skipped_like_gzipfile_does(tmp_path):
+  """Zero bytes after a gzip member (padding) are not damage; zeros where a
+  member must start are."""
+  import gzip  # pylint: disable=g-import-not-at-top
+  member = gzip.compress(fr.frame_records(RECORDS))
+  padded = tmp_path / "padded.tfrecord.gz"
+  padded.write_bytes(member + b"\0" * 70000 + member + b"\0")
+  assert [r for _, r in _read_all(str(padded))] == RECORDS * 2
+  leading = tmp_path / "leading.tfrecord.gz"
+  leading.write_bytes(b"\0\0" + member)
+  _, err = _read_until_error(str(leading))
+  assert err.reason.startswith("damaged gzip stream")

@@ -535,13 +535,14 @@ class _Inflated(io.RawIOBase):
   just before the damage would be lost. Here a piece whose inflating fails is
   replayed byte by byte from a copy of the zlib state, handing out all it
   held before the bad byte; the damage is raised once those bytes are read.
-  Concatenated gzip members are read in turn.
+  Concatenated gzip members are read in turn, zero padding after them skipped.
   """
 
   def __init__(self, raw: BinaryIO):
     super().__init__()
     self._raw = raw
     self._inflate = None  # the current member's; None between members
+    self._after_member = False  # a member has ended: zero padding may follow
     self._pending = memoryview(b"")
     self._error: Optional[Exception] = None
 
@@ -571,6 +572,10 @@ class _Inflated(io.RawIOBase):
     out = []
     while data:
       if self._inflate is None:
+        if self._after_member:  # zero padding between or after members is
+          data = data.lstrip(b"\0")  # allowed, as GzipFile allows it
+          if not data:
+            break
         self._inflate = zlib.decompressobj(_GZIP_WBITS)
       before = self._inflate.copy()
       try:
@@ -582,6 +587,7 @@ class _Inflated(io.RawIOBase):
       data = b""
       if self._inflate.eof:
         data, self._inflate = self._inflate.unused_data, None
+        self._after_member = True
     self._pending = memoryview(b"".join(out))
     return True
 
