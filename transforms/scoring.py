@@ -22,6 +22,7 @@ import time
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from transforms import dead_letters, example_codec, publish
 from transforms.encode import ENCODERS
@@ -106,8 +107,6 @@ class ChunkScorer:
     # message quotes non-UTF-8 record bytes, as a UnicodeDecodeError.
     self._errors = (tf.errors.OpError, UnicodeDecodeError)
     self._feature_type = tf.train.Feature
-    from google.protobuf.message import DecodeError  # pylint: disable=g-import-not-at-top
-    self._decode_error = DecodeError
 
   def score(self, chunk: RecordChunk) -> ScoredChunk:
     """Scores a chunk: encoded good rows, dead letters, per-stage counts.
@@ -276,7 +275,7 @@ class ChunkScorer:
     damaged length inside it would be copied into an unreadable output."""
     try:
       self._feature_type.FromString(value)
-    except self._decode_error as e:
+    except DecodeError as e:
       raise ValueError(f"feature {name!r} is not a valid tf.train.Feature "
                        f"({e})") from None
 

@@ -102,10 +102,15 @@ def frame_records(records: Sequence[bytes]) -> bytes:
   for record in records:
     header = headers.get(len(record))
     if header is None:
-      length = _LENGTH.pack(len(record))
-      header = headers[len(record)] = length + pack(masked_crc32c(length))
+      header = headers[len(record)] = _record_header(len(record))
     parts += (header, record, pack(masked_crc32c(record)))
   return b"".join(parts)
+
+
+def _record_header(length: int) -> bytes:
+  """A record's 12-byte header: its length and the length's masked CRC."""
+  packed = _LENGTH.pack(length)
+  return packed + _FOOTER.pack(masked_crc32c(packed))
 
 
 def frame_matrix(records: np.ndarray) -> bytes:
@@ -119,10 +124,8 @@ def frame_matrix(records: np.ndarray) -> bytes:
   rows = ([blob[i:i + width] for i in range(0, len(blob), width)] if width
           else [b""] * n)
   crcs = _mask(np.fromiter(map(google_crc32c.value, rows), np.uint64, n))
-  length = _LENGTH.pack(width)
   framed = np.empty((n, width + _FRAME_BYTES), np.uint8)
-  framed[:, :_HEADER_BYTES] = np.frombuffer(
-      length + _FOOTER.pack(masked_crc32c(length)), np.uint8)
+  framed[:, :_HEADER_BYTES] = np.frombuffer(_record_header(width), np.uint8)
   framed[:, _HEADER_BYTES:_HEADER_BYTES + width] = records
   framed[:, _HEADER_BYTES + width:] = crcs.astype("<u4").view(np.uint8).reshape(n, 4)
   return framed.tobytes()
