@@ -1,4 +1,7 @@
-"""Installs tfcascade: `pipeline` (launcher) and `transforms` (workers).
+"""Installs tfcascade as ONE import package, `tfcascade`: the repository's
+`pipeline/` folder becomes `tfcascade.pipeline` (launcher) and `transforms/`
+becomes `tfcascade.transforms` (workers). Nothing is installed as a top-level
+`pipeline` or `transforms`, so a user's own `pipeline.py` cannot shadow ours.
 
 As a library, tfcascade installs next to a user's own Beam and TensorFlow:
 runtime dependencies are RANGES here (the lower bounds are the oldest versions
@@ -14,6 +17,14 @@ system CUDA. See docs/install.md for sizes and the GPU check.
 """
 
 import setuptools
+
+# Import package -> repository folder (the folders keep the layout users asked
+# for; the installed names live under one namespace).
+PACKAGE_DIRS = {"tfcascade": "tfcascade", "tfcascade.pipeline": "pipeline",
+                "tfcascade.transforms": "transforms"}
+PACKAGES = ["tfcascade"] + [
+    f"tfcascade.{name}" for name in setuptools.find_packages(
+        include=["pipeline", "pipeline.*", "transforms", "transforms.*"])]
 
 SCIKIT_LEARN = "scikit-learn==1.9.1"
 MATPLOTLIB = "matplotlib==3.11.2"
@@ -35,8 +46,8 @@ setuptools.setup(
     description="Batch cascade inference of several TF1 checkpoints in one "
                 "session, on Apache Beam.",
     python_requires=">=3.10,<3.13",
-    packages=setuptools.find_packages(include=["pipeline", "pipeline.*",
-                                               "transforms", "transforms.*"]),
+    packages=PACKAGES,
+    package_dir=PACKAGE_DIRS,
     install_requires=REQUIRES,
     extras_require={
         # The demo's data set is scikit-learn's bundled 8x8 digits.
@@ -68,5 +79,5 @@ setuptools.setup(
         # pulled in (pyspark warns that pandas 3.x is not fully supported).
         "spark": ["pyspark==4.3.0"],
     },
-    entry_points={"console_scripts": ["tfcascade=pipeline.cli:main"]},
+    entry_points={"console_scripts": ["tfcascade=tfcascade.pipeline.cli:main"]},
 )

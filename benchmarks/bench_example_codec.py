@@ -20,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import tensorflow as tf  # noqa: E402  (after the log-level setting)
 
-from transforms import example_codec  # noqa: E402
+from tfcascade.transforms.formats import example_codec  # noqa: E402
 
 
 def make_batch(rows, seed=0):

@@ -42,17 +42,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from apache_beam.utils import shared  # noqa: E402
 
 from benchmarks import systems, workloads  # noqa: E402  (imports TF)
-from transforms import tfrecord_framing as framing  # noqa: E402
-from transforms.engine import CascadeSession  # noqa: E402
-from transforms.read import RecordChunk  # noqa: E402
-from transforms.run_cascade import _CascadeDoFn, process_bundle  # noqa: E402  pylint: disable=protected-access
-from transforms.shard_writer import ShardWriter  # noqa: E402
+from tfcascade.transforms.formats import tfrecord_framing as framing  # noqa: E402
+from tfcascade.transforms.engine import CascadeSession  # noqa: E402
+from tfcascade.transforms.reading.record_ranges import RecordChunk  # noqa: E402
+from tfcascade.transforms.beam.score_chunks import _CascadeDoFn, process_bundle  # noqa: E402  pylint: disable=protected-access
+from tfcascade.transforms.writing.shard_writer import ShardWriter  # noqa: E402
 
 PIECES = ("read", "read-gzip", "read-tfdata", "score", "dofn", "write")
 
 
 def _config(workdir, kind, n):
-  from pipeline.config import JobConfig  # pylint: disable=g-import-not-at-top
+  from tfcascade.pipeline.config import JobConfig  # pylint: disable=g-import-not-at-top
   cfg = systems.tfcascade_config({"workdir": workdir, "kind": kind, "n": n,
                                   "out": "/tmp/tfcascade-breakdown"})
   return JobConfig.model_validate(cfg)

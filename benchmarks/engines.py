@@ -350,7 +350,7 @@ def spark_breakdown(ev, t_start, t_end, rows):
 def prediction_digest(out_dir: str):
   """(records, sha256 of the sorted serialized prediction records): equal
   digests mean the same set (multiset) of records, whatever the files."""
-  from transforms import tfrecord_framing  # TF-free reader, pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.formats import tfrecord_framing  # TF-free reader, pylint: disable=g-import-not-at-top
   records = []
   for path in glob.glob(os.path.join(out_dir, "predictions-*")):
     for chunk in tfrecord_framing.read_record_chunks(path, compression="auto",

@@ -54,8 +54,8 @@ def _session_config(spec):
   job config (no `session:` key: TF picks the thread counts, GPUs hidden).
   Imported from the engine, so the baselines cannot drift from it; built
   before a system starts its clock."""
-  from pipeline.config import JobConfig  # pylint: disable=g-import-not-at-top
-  from transforms.engine.cascade import session_config  # pylint: disable=g-import-not-at-top
+  from tfcascade.pipeline.config import JobConfig  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.engine.cascade import session_config  # pylint: disable=g-import-not-at-top
   return session_config(JobConfig.model_validate(tfcascade_config(spec)).cascade_spec())
 
 
@@ -300,8 +300,8 @@ def _write_config(spec) -> str:
 def run_tfcascade(spec):
   path = _write_config(spec)  # before the clock: the user's file exists
   start = time.perf_counter()
-  from pipeline.config import load_config  # pylint: disable=g-import-not-at-top
-  from pipeline.job import run  # pylint: disable=g-import-not-at-top
+  from tfcascade.pipeline.config import load_config  # pylint: disable=g-import-not-at-top
+  from tfcascade.pipeline.beam_job import run  # pylint: disable=g-import-not-at-top
   summary = run(load_config(path), spec["beam_args"], overwrite=True)
   end = time.perf_counter()
   return {"job_s": end - start, "records_read": summary["records_read"],
@@ -315,10 +315,10 @@ def run_startup(spec):
   path = _write_config(spec)
   t = [time.perf_counter()]
   import apache_beam  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  from pipeline.config import load_config  # pylint: disable=g-import-not-at-top
-  from pipeline import job  # pylint: disable=g-import-not-at-top
-  from transforms import tfrecord_framing as framing  # pylint: disable=g-import-not-at-top
-  from transforms.engine import CascadeSession  # pylint: disable=g-import-not-at-top
+  from tfcascade.pipeline.config import load_config  # pylint: disable=g-import-not-at-top
+  from tfcascade.pipeline import beam_job as job  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.formats import tfrecord_framing as framing  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.engine import CascadeSession  # pylint: disable=g-import-not-at-top
   t.append(time.perf_counter())
   config = load_config(path)
   job.preflight(config)  # the launcher's checks (builds the graph once)

@@ -157,7 +157,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   # id: [...]" and console URL lines, which Airflow's Beam/Dataflow operators
   # read to follow (and on kill, cancel) the job.
   logging.getLogger("apache_beam.runners.dataflow.internal.apiclient").setLevel(logging.INFO)
-  from pipeline import cli  # pylint: disable=g-import-not-at-top; keeps errors above fast
+  from tfcascade.pipeline import cli  # pylint: disable=g-import-not-at-top; keeps errors above fast
   return cli.main(cli_args + beam_args)
 
 

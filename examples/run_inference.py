@@ -18,16 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from typing import List, Optional
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.options.pipeline_options import PipelineOptions
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from pipeline.config import load_config  # pylint: disable=wrong-import-position
-from pipeline.model_handler import from_config  # pylint: disable=wrong-import-position
+import tfcascade
 
 
 def to_row(result) -> dict:
@@ -49,8 +46,8 @@ def run(argv: Optional[List[str]] = None) -> dict:
   if not any(a.startswith("--runner") for a in beam_args):
     beam_args.append("--runner=DirectRunner")  # Beam's default would fetch Prism
 
-  config = load_config(args.config, args.overrides)
-  handler = from_config(args.config, args.overrides)  # checks every checkpoint now
+  config = tfcascade.load_config(args.config, args.overrides)
+  handler = tfcascade.handler_from_config(args.config, args.overrides)  # checks every checkpoint now
   os.makedirs(args.out, exist_ok=True)
   with beam.Pipeline(options=PipelineOptions(beam_args)) as p:
     records = (

@@ -121,7 +121,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     _parser().error(f"unrecognized arguments: {' '.join(extra)}")
   # TensorFlow's C++ start-up lines only with --verbose (or the user's own
   # TF_CPP_MIN_LOG_LEVEL): before anything imports TensorFlow.
-  from pipeline.quiet import quiet_tensorflow  # pylint: disable=g-import-not-at-top
+  from tfcascade.pipeline.quiet import quiet_tensorflow  # pylint: disable=g-import-not-at-top
   quiet_tensorflow(verbose)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   for noisy in ("apache_beam", "tensorflow", "absl", "matplotlib"):
@@ -133,7 +133,7 @@ def main(argv: Optional[List[str]] = None) -> int:
       if getattr(log_handler, "stream", None) in (sys.stderr, sys.__stderr__):
         log_handler.addFilter(_without_traceback)
   try:
-    from pipeline import commands  # pylint: disable=g-import-not-at-top; keeps --help fast
+    from tfcascade.pipeline import commands  # pylint: disable=g-import-not-at-top; keeps --help fast
     handler = {"run": commands.run, "validate": commands.validate,
                "inspect": commands.inspect, "demo": commands.demo,
                "tune": commands.tune}[args.command]

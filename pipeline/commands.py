@@ -6,11 +6,12 @@ import importlib.util
 import logging
 import sys
 
-from pipeline import exit_codes
-from pipeline.config import ConfigError, load_config
-from pipeline.summary_text import format_summary
-from transforms import output_layout as layout
-from transforms import publish
+from tfcascade.pipeline import exit_codes
+from tfcascade.pipeline.config import ConfigError, load_config
+from tfcascade.pipeline.summary_text import format_summary
+from tfcascade.pipeline import run_start
+from tfcascade.transforms.publishing import finalize
+from tfcascade.transforms.publishing import output_layout as layout
 
 _LOG = logging.getLogger("tfcascade")
 
@@ -75,8 +76,8 @@ def _print_plan(config, pre) -> None:
 
 
 def _preflight(config):
-  from pipeline.job import PreflightError, preflight  # pylint: disable=g-import-not-at-top
-  from transforms.engine import CascadeError  # pylint: disable=g-import-not-at-top
+  from tfcascade.pipeline.beam_job import PreflightError, preflight  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.engine import CascadeError  # pylint: disable=g-import-not-at-top
   try:
     return preflight(config), None
   except (PreflightError, CascadeError) as e:
@@ -97,7 +98,7 @@ def run(args, beam_args) -> int:
     return _refused(problem)
   try:
     summary = _run_engine(args, beam_args, config, pre)
-  except (publish.OutputExistsError, publish.RunInProgressError, _Refused) as e:
+  except (run_start.OutputExistsError, run_start.RunInProgressError, _Refused) as e:
     return _refused(str(e))
   except Exception as e:  # the pipeline failed on a worker; name it plainly
     _LOG.debug("run failed", exc_info=True)  # the traceback with --verbose
@@ -118,18 +119,18 @@ class _Refused(Exception):
 
 def _run_engine(args, beam_args, config, pre):
   """Runs the job on the chosen engine (_Refused before any data is read)."""
-  from pipeline import job  # pylint: disable=g-import-not-at-top
+  from tfcascade.pipeline import beam_job  # pylint: disable=g-import-not-at-top
   if args.engine == "beam":
     if args.master or args.spark_conf:
       raise _Refused("--master and --spark-conf need --engine spark")
-    return job.run(config, beam_args, overwrite=args.overwrite, pre=pre)
+    return beam_job.run(config, beam_args, overwrite=args.overwrite, pre=pre)
   if beam_args:
     raise _Refused(f"unrecognized arguments with --engine spark: "
                    f"{' '.join(beam_args)} (Beam flags need --engine beam)")
   if importlib.util.find_spec("pyspark") is None:
     raise _Refused("--engine spark needs pyspark: pip install -c constraints.txt "
                    "-e '.[spark]'")
-  from pipeline import spark_job  # pylint: disable=g-import-not-at-top
+  from tfcascade.pipeline import spark_job  # pylint: disable=g-import-not-at-top
   try:
     spark_job.check_config(config)
     conf = spark_job.parse_conf(args.spark_conf)
@@ -142,12 +143,12 @@ def _run_engine(args, beam_args, config, pre):
 
 def _root_cause(error: BaseException) -> str:
   """Beam wraps worker errors several times; our own error's line says most."""
-  from transforms.read import CorruptInputError  # pylint: disable=g-import-not-at-top
-  from transforms.devices import DeviceError  # pylint: disable=g-import-not-at-top
-  from transforms.scoring import StageFailedError  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.reading.record_ranges import CorruptInputError  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.gpu_check import DeviceError  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.scoring.chunk_scorer import StageFailedError  # pylint: disable=g-import-not-at-top
   # Errors a worker raises on purpose: their message names the culprit.
-  ours = (CorruptInputError, StageFailedError, DeviceError, publish.AccountingError,
-          publish.RejectionError, publish.ConcurrentRunError)
+  ours = (CorruptInputError, StageFailedError, DeviceError, finalize.AccountingError,
+          finalize.RejectionError, finalize.ConcurrentRunError)
   text = str(error)
   markers = [f"{cls.__name__}: " for cls in ours]
   found = [text.rindex(marker) for marker in markers if marker in text]
@@ -160,10 +161,10 @@ def _root_cause(error: BaseException) -> str:
 def _device_problem(config, args=None, beam_args=()):
   """`session.device: gpu` where TF sees no GPU, checked here when the
   workers run on this machine (remote workers check themselves)."""
-  from pipeline import devices  # pylint: disable=g-import-not-at-top
-  local = args is None or devices.workers_are_local(
+  from tfcascade.pipeline import device_policy  # pylint: disable=g-import-not-at-top
+  local = args is None or device_policy.workers_are_local(
       args.engine, args.master, beam_args)
-  return devices.device_problem(config, local)
+  return device_policy.device_problem(config, local)
 
 
 def validate(args, _) -> int:
@@ -184,9 +185,9 @@ def validate(args, _) -> int:
 
 def _score_sample(config, pre, n):
   """Scores the first n records of the first non-empty input file."""
-  from pipeline.inspection import read_records  # pylint: disable=g-import-not-at-top
-  from transforms import tfrecord_framing as framing  # pylint: disable=g-import-not-at-top
-  from transforms.engine import CascadeSession  # pylint: disable=g-import-not-at-top
+  from tfcascade.pipeline.inspection import read_records  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.formats import tfrecord_framing as framing  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.engine import CascadeSession  # pylint: disable=g-import-not-at-top
   path, compression, _ = next(((p, c, s) for p, c, s in pre.files if s), (None, None, 0))
   if path is None:
     return None
@@ -198,19 +199,20 @@ def _score_sample(config, pre, n):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   with CascadeSession(config.cascade_spec()) as session:
     try:
-      out = session.run(records)
+      result = session.run(records)
     except tf.errors.InvalidArgumentError as e:
       return (f"sample records of {path} do not parse with input.features: "
               f"{e.message.splitlines()[0]}")
   print(f"sample: scored {len(records)} records of {path} in "
         f"{session.load_seconds:.2f} s load; outputs "
-        + ", ".join(f"{k}{list(v.shape)}" for k, v in out.items() if "/rows_run" not in k))
+        + ", ".join([f"passthrough/{k}{list(v.shape)}" for k, v in result.passthrough.items()]
+                    + [f"{k}{list(v.shape)}" for k, v in result.outputs.items()]))
   return None
 
 
 def inspect(args, _) -> int:
   """`tfcascade inspect`: a checkpoint, TFRecord files, or an output dir."""
-  from pipeline import inspection  # pylint: disable=g-import-not-at-top
+  from tfcascade.pipeline import inspection  # pylint: disable=g-import-not-at-top
   try:
     print(inspection.describe(args.path, label=args.label))
   except inspection.InspectError as e:
@@ -220,14 +222,14 @@ def inspect(args, _) -> int:
 
 def tune(args, _) -> int:
   """`tfcascade tune`: sweeps each gate's threshold on a labelled sample."""
-  from pipeline import tune as tune_lib  # pylint: disable=g-import-not-at-top
+  from tfcascade.pipeline import tune as tune_lib  # pylint: disable=g-import-not-at-top
   return tune_lib.command(args)
 
 
 def demo(args, _) -> int:
   """`tfcascade demo`: trains the demo models and writes the demo data."""
   try:
-    from pipeline.demo.build import build_demo  # pylint: disable=g-import-not-at-top
+    from tfcascade.pipeline.demo.build import build_demo  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     return _refused(f"the demo needs scikit-learn (pip install '.[demo]'): {e}")
   problem = _demo_args_problem(args)

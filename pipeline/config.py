@@ -17,11 +17,11 @@ from typing import Dict, List, Literal, Optional, Sequence, Tuple, Union
 import pydantic
 import yaml
 
-from transforms.encode import ENCODERS
-from transforms.engine.spec import (DEVICES, FEATURE_DTYPES, SOURCE_TYPES,
+from tfcascade.transforms.writing.encoders import ENCODERS
+from tfcascade.transforms.engine.spec import (DEVICES, FEATURE_DTYPES, SOURCE_TYPES,
                                     CascadeSpec, FeatureSpec, ModelSource,
                                     SessionSpec, StageSpec)
-from transforms.tfrecord_framing import COMPRESSIONS, DEFAULT_MAX_RECORD_BYTES
+from tfcascade.transforms.formats.tfrecord_framing import COMPRESSIONS, DEFAULT_MAX_RECORD_BYTES
 
 
 class ConfigError(ValueError):

@@ -25,9 +25,9 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from pipeline.summary_text import format_summary
-from transforms import output_layout as layout
-from transforms.engine.spec import LIST_KIND_DTYPES
+from tfcascade.pipeline.summary_text import format_summary
+from tfcascade.transforms.publishing import output_layout as layout
+from tfcascade.transforms.engine.spec import LIST_KIND_DTYPES
 
 _SCHEMA_SAMPLE = 1000
 EXPECTED = ("expected a SavedModel directory, a .meta file, a checkpoint prefix or "
@@ -149,7 +149,7 @@ def _looks_like_meta_graph(path: str, head: bytes) -> bool:
   (meta_info_def) or 2 (graph_def) and parses, with nodes."""
   if not head or head[0] not in (0x0A, 0x12):
     return False
-  from transforms.engine.sources import read_meta_graph_file  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.engine.sources import read_meta_graph_file  # pylint: disable=g-import-not-at-top
   try:
     read_meta_graph_file(path)
   except ValueError:
@@ -196,8 +196,8 @@ def _describe_directory(path: str, label: str) -> str:
 # --- checkpoints ----------------------------------------------------------------
 
 def describe_checkpoint(path: str) -> str:
-  from transforms.engine.checkpoints import read_checkpoint  # pylint: disable=g-import-not-at-top
-  from transforms.engine.spec import CascadeError  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.engine.checkpoints import read_checkpoint  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.engine.spec import CascadeError  # pylint: disable=g-import-not-at-top
   try:
     info = read_checkpoint(path, stage="inspect")
   except CascadeError as e:
@@ -234,7 +234,7 @@ def describe_saved_model(export_dir: str) -> str:
   ready-to-paste `stages:` entry per tag set."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tensorflow.python.saved_model import loader_impl  # pylint: disable=g-import-not-at-top
-  from transforms.engine import sources  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.engine import sources  # pylint: disable=g-import-not-at-top
   try:
     saved_model = loader_impl.parse_saved_model(export_dir)
   except (IOError, OSError, tf.errors.OpError) as e:
@@ -274,8 +274,8 @@ def describe_saved_model(export_dir: str) -> str:
 
 
 def _saved_model_variables(prefix: str):
-  from transforms.engine.checkpoints import read_checkpoint  # pylint: disable=g-import-not-at-top
-  from transforms.engine.spec import CascadeError  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.engine.checkpoints import read_checkpoint  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.engine.spec import CascadeError  # pylint: disable=g-import-not-at-top
   if not _exists(prefix + ".index"):
     return None
   try:
@@ -399,7 +399,7 @@ def describe_meta_graph(path: str) -> str:
   """Placeholders (candidate inputs), likely outputs, variables and a
   `stages:` entry, from a `.meta` file."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from transforms.engine.sources import read_meta_graph_file  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.engine.sources import read_meta_graph_file  # pylint: disable=g-import-not-at-top
   try:
     meta = read_meta_graph_file(path)
   except ValueError as e:
@@ -529,8 +529,8 @@ def read_records(path: str, *, compression: str = "auto", limit: Optional[int] =
   Raises:
     transforms.tfrecord_framing.CorruptRecordError: damaged framing.
   """
-  from transforms import tfrecord_framing as framing  # pylint: disable=g-import-not-at-top
-  from transforms.read import open_raw  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.formats import tfrecord_framing as framing  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.reading.record_ranges import open_raw  # pylint: disable=g-import-not-at-top
   chunks = framing.read_record_chunks(
       path, compression=compression, chunk_size=min(limit or 1024, 1024),
       max_record_bytes=max_record_bytes or framing.DEFAULT_MAX_RECORD_BYTES,
@@ -540,7 +540,7 @@ def read_records(path: str, *, compression: str = "auto", limit: Optional[int] =
 
 
 def _read_all(path: str, head: Optional[bytes] = None) -> Iterator[bytes]:
-  from transforms import tfrecord_framing as framing  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.formats import tfrecord_framing as framing  # pylint: disable=g-import-not-at-top
   try:
     yield from read_records(path)
   except framing.CorruptRecordError as e:

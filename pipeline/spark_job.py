@@ -1,29 +1,30 @@
 """The job on Apache Spark: `tfcascade run --engine spark [--master URL]`.
 
-The driver does what the Beam launcher does — preflight, `publish.prepare`,
+The driver does what the Beam launcher does — preflight, `run_start.prepare`,
 the run info — then plans the input's ReadRanges (whole files, or byte ranges
 of big uncompressed files), runs one Spark task per range
-(`transforms.spark_tasks.score_partition`), sums the counts the committed
-task attempts returned and publishes with `publish.finalize`: the same
-checks, files, summary and `_SUCCESS` as the Beam job.
+(`transforms.spark.partition_task.score_partition`), sums the RunCounts the
+committed task attempts returned and publishes with `finalize.finalize`: the
+same checks, files, summary and `_SUCCESS` as the Beam job.
 """
 
 from __future__ import annotations
 
-import collections
 import functools
 import logging
 import os
 import sys
 from typing import Dict, Optional, Sequence
 
-from pipeline.config import JobConfig
-from pipeline.job import Preflight, predictions_suffix, preflight, run_info
-from transforms import output_layout as layout
-from transforms import publish
-from transforms import staging as staging_lib
-from transforms.read import plan_ranges
-from transforms.spark_tasks import SESSIONS_OPENED, TaskConfig, spark_task
+from tfcascade.pipeline import run_start
+from tfcascade.pipeline.beam_job import Preflight, predictions_suffix, preflight, run_info
+from tfcascade.pipeline.config import JobConfig
+from tfcascade.transforms.accounting import RunCounts
+from tfcascade.transforms.publishing import finalize
+from tfcascade.transforms.publishing import output_layout as layout
+from tfcascade.transforms.publishing.run_registry import RunStaging
+from tfcascade.transforms.reading.record_ranges import plan_ranges
+from tfcascade.transforms.spark.partition_task import TaskConfig, spark_task
 
 _LOG = logging.getLogger("tfcascade")
 DEFAULT_MASTER = "local[*]"
@@ -55,7 +56,7 @@ def _session(master: str, conf: Dict[str, str]):
   return builder.getOrCreate()
 
 
-def _task_config(config: JobConfig, run: staging_lib.RunStaging) -> TaskConfig:
+def _task_config(config: JobConfig, run: RunStaging) -> TaskConfig:
   return TaskConfig(
       spec=config.cascade_spec(), output_format=config.output.format,
       passthrough=tuple(config.output.passthrough),
@@ -71,14 +72,14 @@ def run(config: JobConfig, overwrite: bool = False, master: str = DEFAULT_MASTER
   """Runs the job on Spark; returns the run summary (with `metrics`).
 
   Raises:
-    SparkSetupError, PreflightError, CascadeError, OutputExistsError,
-      RunInProgressError: before any task starts.
+    SparkSetupError, PreflightError, CascadeError, run_start.OutputExistsError,
+      run_start.RunInProgressError: before any task starts.
     RuntimeError: the Spark job failed, or the run did not pass its checks;
       nothing was published.
   """
   check_config(config)
   pre = pre or preflight(config)
-  run_staging = publish.prepare(config.output_path, overwrite)
+  run_staging = run_start.prepare(config.output_path, overwrite)
   info = run_info(config, pre.plan, f"Spark ({master})", run_staging.run_id)
   ranges = [r for f in pre.files for r in plan_ranges(
       f, config.input.split_bytes, config.input.max_record_bytes)]
@@ -86,21 +87,19 @@ def run(config: JobConfig, overwrite: bool = False, master: str = DEFAULT_MASTER
             len(pre.files), master)
   spark = _session(master, dict(spark_conf or {}))
   try:
-    with staging_lib.Heartbeat(run_staging):
-      pairs = (spark.sparkContext.parallelize(ranges, max(1, len(ranges)))
+    with run_start.Heartbeat(run_staging):
+      parts = (spark.sparkContext.parallelize(ranges, max(1, len(ranges)))
                .mapPartitions(functools.partial(spark_task, _task_config(config, run_staging)))
                .collect())
   except BaseException as e:
-    staging_lib.mark_ended(run_staging, f"failed: {type(e).__name__}")
+    run_start.mark_ended(run_staging, f"failed: {type(e).__name__}")
     raise RuntimeError(f"the Spark job failed; nothing published: {e}") from e
   finally:
     spark.stop()
-  counts: collections.Counter = collections.Counter()
-  for key, n in pairs:
-    counts[key] += n
-  publish.finalize(dict(counts), config.output_path, run_staging.run_id, info)
-  summary = publish.read_summary(config.output_path)
-  summary["metrics"] = {"sessions_opened": counts[SESSIONS_OPENED],
+  counts = RunCounts.total(parts)
+  finalize.finalize(counts, config.output_path, run_staging.run_id, info)
+  summary = run_start.read_summary(config.output_path)
+  summary["metrics"] = {"sessions_opened": counts.sessions_opened,
                         "tasks": max(1, len(ranges))}
   layout.write_json(layout.join(config.output_path, layout.METRICS), summary["metrics"])
   return summary

@@ -38,10 +38,10 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from pipeline import exit_codes
-from pipeline.config import ConfigError, load_config
-from transforms.engine.gate import OPERATORS, Gate, parse_gate
-from transforms.engine.spec import CascadeError, CascadeSpec, FeatureSpec, StageSpec
+from tfcascade.pipeline import exit_codes
+from tfcascade.pipeline.config import ConfigError, load_config
+from tfcascade.transforms.engine.gate import OPERATORS, Gate, parse_gate
+from tfcascade.transforms.engine.spec import CascadeError, CascadeSpec, FeatureSpec, StageSpec
 
 DEFAULT_SAMPLE = 10_000
 DEFAULT_POINTS = 200
@@ -359,7 +359,7 @@ def run_ungated(spec: CascadeSpec, records: Sequence[bytes], batch_size: int
                 ) -> Dict[str, np.ndarray]:
   """Every stage on every record, in ONE session: output name -> values."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from transforms.engine import CascadeSession  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.engine import CascadeSession  # pylint: disable=g-import-not-at-top
   parts: Dict[str, list] = {}
   with CascadeSession(gated_variant(spec, {})) as session:
     for batch in _batches(records, batch_size):
@@ -368,9 +368,9 @@ def run_ungated(spec: CascadeSpec, records: Sequence[bytes], batch_size: int
       except tf.errors.InvalidArgumentError as e:
         raise TuneError(f"sample records do not parse with input.features (and the "
                         f"label as int64): {e.message.splitlines()[0]}") from e
-      for name, value in out.items():
-        if not name.endswith("/rows_run"):
-          parts.setdefault(name, []).append(value)
+      named = {**{f"passthrough/{k}": v for k, v in out.passthrough.items()}, **out.outputs}
+      for name, value in named.items():
+        parts.setdefault(name, []).append(value)
   return {name: np.concatenate(values) for name, values in parts.items()}
 
 
@@ -392,7 +392,7 @@ def measure_costs(spec: CascadeSpec, records: Sequence[bytes], batch_size: int,
   session runs the sample once to warm up, then `repeats` times, the
   sessions taking turns; the fastest pass of each counts.
   """
-  from transforms.engine import CascadeSession  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.engine import CascadeSession  # pylint: disable=g-import-not-at-top
   variants = {"": gated_variant(spec, nothing)}
   for name in gates:
     variants[name] = gated_variant(spec, {**nothing, name: everything[name]})
@@ -417,8 +417,8 @@ def read_sample(files: Sequence[Tuple[str, str, int]], n: int,
                 max_record_bytes: int) -> List[bytes]:
   """Up to n records: the first ceil(n / files) of each file, then more from
   the files that have more, until n."""
-  from pipeline.inspection import read_records  # pylint: disable=g-import-not-at-top
-  from transforms import tfrecord_framing as framing  # pylint: disable=g-import-not-at-top
+  from tfcascade.pipeline.inspection import read_records  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.formats import tfrecord_framing as framing  # pylint: disable=g-import-not-at-top
   open_files = [(p, c) for p, c, size in files if size]
   taken: Dict[str, List[bytes]] = {p: [] for p, _ in open_files}
   total = 0
@@ -487,7 +487,7 @@ def tune(config, label: str, sample: int = DEFAULT_SAMPLE,
                     f"{' / '.join(PREDICTION_OUTPUTS)}: name its prediction with "
                     f"--prediction {first}.<output>")
   if records is None:
-    from pipeline.job import match_inputs  # pylint: disable=g-import-not-at-top
+    from tfcascade.pipeline.beam_job import match_inputs  # pylint: disable=g-import-not-at-top
     records = read_sample(match_inputs(config), sample, config.input.max_record_bytes)
   if not records:
     raise TuneError("the input holds no records")
@@ -690,7 +690,7 @@ def write(result: dict, out_dir: str) -> None:
 
 def command(args) -> int:
   """`tfcascade tune`: returns the exit code."""
-  from pipeline.job import PreflightError  # pylint: disable=g-import-not-at-top
+  from tfcascade.pipeline.beam_job import PreflightError  # pylint: disable=g-import-not-at-top
   overrides = list(args.overrides)
   if args.input:
     overrides.append(f"input.pattern={args.input}")
@@ -703,7 +703,7 @@ def command(args) -> int:
       raise TuneError("tune draws tune.png with matplotlib: pip install -c "
                       "constraints.txt -e '.[plot]'")
     config = load_config(args.config, overrides)
-    from pipeline.devices import device_problem  # pylint: disable=g-import-not-at-top
+    from tfcascade.pipeline.device_policy import device_problem  # pylint: disable=g-import-not-at-top
     problem = device_problem(config)
     if problem:
       raise TuneError(problem)

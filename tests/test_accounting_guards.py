@@ -36,16 +36,16 @@ import pytest
 import tensorflow as tf
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from pipeline.cli import main
+from tfcascade.pipeline.cli import main
 from tests import tiny_models as tm
 from tests.jobs import make_job, read_predictions_independently, summary_of
-from transforms import example_codec
-from transforms import run_cascade
-from transforms import tfrecord_framing as framing
-from transforms.engine import CascadeSpec, FeatureSpec, ModelSource, SessionSpec, StageSpec
-from transforms.read import (QUARANTINE_TAG, READ_COUNTS_TAG, CorruptInputError,
+from tfcascade.transforms.formats import example_codec
+from tfcascade.transforms.beam import score_chunks as run_cascade
+from tfcascade.transforms.formats import tfrecord_framing as framing
+from tfcascade.transforms.engine import CascadeSpec, FeatureSpec, ModelSource, SessionSpec, StageSpec
+from tfcascade.transforms.reading.record_ranges import (QUARANTINE_TAG, READ_COUNTS_TAG, CorruptInputError,
                              ReadRange, RecordChunk, _ReadChunks)
-from transforms.run_cascade import COUNTS_TAG, DEAD_LETTER_TAG, _CascadeDoFn, process_bundle
+from tfcascade.transforms.beam.score_chunks import COUNTS_TAG, DEAD_LETTER_TAG, _CascadeDoFn, process_bundle
 
 GATE = 0.99  # b runs where a.confidence < GATE (as in tests/jobs.py)
 

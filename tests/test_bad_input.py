@@ -14,7 +14,7 @@ import time
 import pytest
 import tensorflow as tf
 
-from pipeline.cli import main
+from tfcascade.pipeline.cli import main
 from tests.jobs import make_job, read_predictions_independently, summary_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -91,7 +91,7 @@ def test_bad_records_are_dead_lettered_and_good_ones_predicted(job, tmp_path):
 
 
 def _framed(records):
-  from transforms.tfrecord_framing import frame_records  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.formats.tfrecord_framing import frame_records  # pylint: disable=g-import-not-at-top
   return frame_records(records)
 
 
@@ -105,7 +105,7 @@ def _damaged(kind, records):
   elif kind == "flipped_crc":
     data[second + 8] ^= 0xFF
   elif kind == "huge_length":  # with a valid length CRC: only the size is wrong
-    from transforms.tfrecord_framing import masked_crc32c  # pylint: disable=g-import-not-at-top
+    from tfcascade.transforms.formats.tfrecord_framing import masked_crc32c  # pylint: disable=g-import-not-at-top
     header = struct.pack("<Q", 2 ** 60)
     data[second:second + 12] = header + struct.pack("<I", masked_crc32c(header))
   elif kind == "truncated":
@@ -256,7 +256,7 @@ def test_sigkill_then_rerun_gives_exactly_the_complete_output(tmp_path):
   for attempt, n_records in enumerate((12000, 48000)):
     job = make_job(tmp_path / f"job{attempt}", n_records=n_records)
     out = tmp_path / f"out{attempt}"
-    cmd = [sys.executable, "-m", "pipeline", "run", "--config", job["config"],
+    cmd = [sys.executable, "-m", "tfcascade", "run", "--config", job["config"],
            "--set", f"output.path={out}", "--set", "batch_size=50",
            "--runner=DirectRunner"]
     if _kill_while_writing(cmd, out, tmp_path / f"run{attempt}.log"):

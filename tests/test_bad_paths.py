@@ -1,6 +1,6 @@
 """No traceback reaches a user for a wrong path or file (issue 14, part 4).
 
-Every command is run as a user runs it — `python -m pipeline ...` in a
+Every command is run as a user runs it — `python -m tfcascade ...` in a
 subprocess — against each kind of bad input: a missing path, a directory
 where a file is expected (and the reverse), an empty or non-YAML config, an
 unreadable file, and files of the wrong kind (a PNG, a text file) given as
@@ -24,7 +24,7 @@ from typing import List, Tuple
 import pytest
 import tensorflow as tf
 
-from pipeline.cli import main
+from tfcascade.pipeline.cli import main
 from tests.jobs import make_job
 
 pytestmark = pytest.mark.slow
@@ -208,7 +208,7 @@ def _cases(job_config, f, tmp) -> List[Case]:
 
 
 def _run(case: Case, cwd: str) -> Result:
-  proc = subprocess.run([sys.executable, "-m", "pipeline"] + case.argv, cwd=cwd,
+  proc = subprocess.run([sys.executable, "-m", "tfcascade"] + case.argv, cwd=cwd,
                         capture_output=True, text=True, timeout=600)
   return Result(proc.returncode, proc.stdout, proc.stderr)
 
@@ -260,7 +260,7 @@ def test_bad_path_gives_one_line_and_no_traceback(world, case_id):
     pytest.skip("chmod 000 does not stop reads here (running as root): the "
                 "unreadable-file case cannot be tested on this machine")
   result = world["results"][case_id]
-  command = "python -m pipeline " + " ".join(case.argv)
+  command = "python -m tfcascade " + " ".join(case.argv)
   assert "Traceback" not in result.stderr, f"{command}\n{result.stderr}"
   assert "Traceback" not in result.stdout, f"{command}\n{result.stdout}"
   assert result.rc in case.codes, (
@@ -275,7 +275,7 @@ def test_an_unexpected_error_is_one_line_and_verbose_adds_the_traceback(tmp_path
   """An internal error (here: a command replaced by one that raises) prints
   one line; --verbose adds the traceback."""
   env = dict(os.environ, PYTHONPATH=ROOT)
-  code = ("import sys; from pipeline import cli, commands\n"
+  code = ("import sys; from tfcascade.pipeline import cli, commands\n"
           "def broken(args, extra):\n"
           "  raise RuntimeError('an internal bug')\n"
           "commands.inspect = broken\n"
@@ -300,7 +300,7 @@ def test_permission_denied_is_one_line_even_when_simulated(tmp_path, monkeypatch
   """As root chmod 000 does not stop reads, so the chmod cases above skip;
   here the readers are made to fail as they do for a user without the
   permission (simulated, in-process), and each says so in one line."""
-  from pipeline import config as config_lib  # pylint: disable=g-import-not-at-top
+  from tfcascade.pipeline import config as config_lib  # pylint: disable=g-import-not-at-top
   path = str(tmp_path / "locked.yaml")
   open(path, "w").close()
 

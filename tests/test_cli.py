@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from pipeline.cli import main
+from tfcascade.pipeline.cli import main
 from tests.jobs import make_job, summary_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,11 +63,11 @@ def test_inspect_unknown_path_is_refused(tmp_path, capsys):
 
 
 def test_console_script_help():
-  result = subprocess.run([sys.executable, "-m", "pipeline", "--help"], cwd=ROOT,
+  result = subprocess.run([sys.executable, "-m", "tfcascade", "--help"], cwd=ROOT,
                           capture_output=True, text=True, check=True)
   for command in ("run", "validate", "inspect", "demo"):
     assert command in result.stdout
-  result = subprocess.run([sys.executable, "-m", "pipeline", "run", "--help"], cwd=ROOT,
+  result = subprocess.run([sys.executable, "-m", "tfcascade", "run", "--help"], cwd=ROOT,
                           capture_output=True, text=True, check=True)
   text = " ".join(result.stdout.split())  # argparse wraps the description
   assert "--overwrite" in text and "Beam pipeline options" in text

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from pipeline.config import ConfigError, load_config
+from tfcascade.pipeline.config import ConfigError, load_config
 
 BASE = textwrap.dedent("""\
     input:
@@ -118,8 +118,8 @@ def test_thread_pools_are_sized_per_worker_process():
   """Thread counts left at 0 give each worker process its share of the
   cores; the process count comes from the runner's options."""
   from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=g-import-not-at-top
-  from pipeline import job  # pylint: disable=g-import-not-at-top
-  from transforms.engine.spec import SessionSpec  # pylint: disable=g-import-not-at-top
+  from tfcascade.pipeline import beam_job as job  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.engine.spec import SessionSpec  # pylint: disable=g-import-not-at-top
   assert SessionSpec().threads(8) == (8, 8)
   assert SessionSpec(processes_per_host=2).threads(8) == (4, 4)
   assert SessionSpec(processes_per_host=0).threads(8) == (1, 1)  # one per core

@@ -17,9 +17,10 @@ import yaml
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.portability.api import beam_runner_api_pb2
 
-from pipeline import cli, job
-from pipeline.config import ConfigError, load_config
-from transforms.staging import RunStaging
+from tfcascade.pipeline import cli
+from tfcascade.pipeline import beam_job as job
+from tfcascade.pipeline.config import ConfigError, load_config
+from tfcascade.transforms.publishing.run_registry import RunStaging
 from tests import tiny_models as tm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

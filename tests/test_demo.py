@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.demo import build
-from pipeline.demo import dataset
-from pipeline.demo import digits
-from pipeline.demo import models
+from tfcascade.pipeline.demo import build
+from tfcascade.pipeline.demo import dataset
+from tfcascade.pipeline.demo import digits
+from tfcascade.pipeline.demo import models
 
 v1 = tf.compat.v1
 RECORDS = 3000

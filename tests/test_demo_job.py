@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.cli import main
+from tfcascade.pipeline.cli import main
 from tests.jobs import summary_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -16,15 +16,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
   # scikit-learn (the demo's data set) is in the `test` extra: never skipped.
-  from pipeline.demo.build import build_demo  # pylint: disable=g-import-not-at-top
+  from tfcascade.pipeline.demo.build import build_demo  # pylint: disable=g-import-not-at-top
   out = tmp_path_factory.mktemp("demo")
   build_demo(str(out), records=3000, shards=2, seed=0)
   return out
 
 
 def test_local_config_on_demo_matches_numpy_oracle(demo, tmp_path, capsys):
-  from pipeline.demo.build import numpy_scores  # pylint: disable=g-import-not-at-top
-  from pipeline.demo.dataset import demo_records  # pylint: disable=g-import-not-at-top
+  from tfcascade.pipeline.demo.build import numpy_scores  # pylint: disable=g-import-not-at-top
+  from tfcascade.pipeline.demo.dataset import demo_records  # pylint: disable=g-import-not-at-top
   out = tmp_path / "out"
   args = ["run", "--config", os.path.join(ROOT, "configs/local.yaml"),
           "--set", f"input.pattern={demo}/data/part-*.tfrecord.gz",

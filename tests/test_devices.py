@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import tensorflow as tf
 
-from pipeline.cli import main
-from pipeline.devices import workers_are_local
-from pipeline.model_handler import from_config
+from tfcascade.pipeline.cli import main
+from tfcascade.pipeline.device_policy import workers_are_local
+from tfcascade.pipeline.handler_config import handler_from_config
 from tests.jobs import make_job
-from transforms.devices import DeviceError
+from tfcascade.transforms.gpu_check import DeviceError
 
 pytestmark = pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")),
                                 reason="this machine has a GPU")
@@ -46,7 +46,7 @@ def test_cpu_is_unaffected(job, capsys):
 
 
 def test_the_handler_checks_in_the_worker_process(job):
-  handler = from_config(job["config"], ["session.device=gpu"])
+  handler = handler_from_config(job["config"], ["session.device=gpu"])
   with pytest.raises(DeviceError, match="session.device is gpu, but"):
     handler.load_model()
 

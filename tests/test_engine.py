@@ -11,11 +11,11 @@ import pytest
 import tensorflow as tf
 
 from tests import tiny_models as tm
-from transforms.engine import (CascadeError, CascadeSession, CascadeSpec,
+from tfcascade.transforms.engine import (CascadeError, CascadeSession, CascadeSpec,
                                FeatureSpec, ModelSource, StageSpec,
                                build_cascade_graph)
-from transforms.engine.cascade import _gate_mask
-from transforms.engine.gate import OPERATORS, parse_gate
+from tfcascade.transforms.engine.cascade import _gate_mask
+from tfcascade.transforms.engine.gate import OPERATORS, parse_gate
 
 FEATURES = (FeatureSpec("id", "string"), FeatureSpec("pixels", "float32", (64,)))
 
@@ -204,7 +204,7 @@ def test_plan_has_fingerprints_and_unused(models):
 def test_index_checksums_cover_every_variable(models):
   """The .index parser (transforms/engine/checkpoints.py) reads the same
   variable table as TF's reader, each with its byte size and CRC32C."""
-  from transforms.engine.checkpoints import read_checkpoint  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.engine.checkpoints import read_checkpoint  # pylint: disable=g-import-not-at-top
   info = read_checkpoint(models["a1"], "a")
   assert set(info.checksums) == set(info.variables)
   assert info.checksums["dense/kernel"][0] == 64 * 10 * 4
@@ -292,7 +292,7 @@ def test_bad_record_raises_invalid_argument(models):
 
 def test_engine_imports_without_beam():
   code = ("import sys; sys.modules['apache_beam'] = None\n"
-          "import transforms.engine, transforms.engine.cascade\n"
+          "import tfcascade.transforms.engine, tfcascade.transforms.engine.cascade\n"
           "print('ok')")
   result = subprocess.run([sys.executable, "-c", code], capture_output=True,
                           text=True, cwd=os.path.dirname(os.path.dirname(__file__)))

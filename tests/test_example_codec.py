@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from transforms import example_codec as ec
-from transforms import tfrecord_framing as framing
+from tfcascade.transforms.formats import example_codec as ec
+from tfcascade.transforms.formats import tfrecord_framing as framing
 
 _INT64 = st.integers(-2**63, 2**63 - 1)
 _NAMES = st.text(min_size=0, max_size=8)

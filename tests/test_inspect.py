@@ -14,8 +14,8 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from pipeline.cli import main
-from pipeline.inspection import EXPECTED
+from tfcascade.pipeline.cli import main
+from tfcascade.pipeline.inspection import EXPECTED
 from tests import tiny_models as tm
 
 

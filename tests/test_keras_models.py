@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.cli import main
-from pipeline.job import unused_warning
+from tfcascade.pipeline.cli import main
+from tfcascade.pipeline.beam_job import unused_warning
 from tests import tiny_models as tm
 from tests.jobs import read_predictions_independently
-from transforms.engine import (CascadeSpec, FeatureSpec, ModelSource, StageSpec,
+from tfcascade.transforms.engine import (CascadeSpec, FeatureSpec, ModelSource, StageSpec,
                                build_cascade_graph)
 
 N_RECORDS = 240

@@ -18,11 +18,11 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.demo import build
-from pipeline.model_handler import from_config
+from tfcascade.pipeline.demo import build
+from tfcascade.pipeline.handler_config import handler_from_config
 from tests.jobs import make_job
-from transforms.engine import CascadeError
-from transforms.model_handler import CascadeModelHandler
+from tfcascade.transforms.engine import CascadeError
+from tfcascade.transforms.beam.cascade_handler import CascadeModelHandler
 
 N = 120
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,7 +63,7 @@ def _matches_oracle(oracle, examples):
 
 
 def test_run_inference_matches_each_model_alone(job):
-  handler = from_config(job["config"], max_batch_size=50)
+  handler = handler_from_config(job["config"], max_batch_size=50)
   oracle = {rid: job["oracle"][rid] for rid in job["ids"]}
   p = _pipeline()
   results = (p | beam.Create(job["examples"], reshuffle=False)
@@ -83,7 +83,7 @@ def test_run_inference_matches_each_model_alone(job):
 
 
 def test_keyed_variant_keeps_keys(job):
-  handler = KeyedModelHandler(from_config(job["config"]))
+  handler = KeyedModelHandler(handler_from_config(job["config"]))
   p = _pipeline()
   keyed = list(zip(job["ids"], job["examples"]))
   results = (p | beam.Create(keyed) | RunInference(handler)
@@ -108,7 +108,7 @@ def test_one_session_per_process(job, monkeypatch):
     loads.append(1)
     return original(self)
   monkeypatch.setattr(CascadeModelHandler, "load_model", counting)
-  handler = from_config(job["config"], max_batch_size=10)
+  handler = handler_from_config(job["config"], max_batch_size=10)
   p = _pipeline("--direct_num_workers=4", "--direct_running_mode=multi_threading")
   counts = (p | beam.Create(job["examples"]) | beam.Reshuffle()
             | RunInference(handler) | beam.combiners.Count.Globally())
@@ -120,7 +120,7 @@ def test_one_session_per_process(job, monkeypatch):
 def test_with_exception_handling_routes_the_failing_batch(job):
   """A record that does not parse fails its batch; with_exception_handling()
   sends that batch to failed_inferences and the pipeline goes on."""
-  handler = from_config(job["config"], min_batch_size=1, max_batch_size=1)
+  handler = handler_from_config(job["config"], min_batch_size=1, max_batch_size=1)
   good = job["examples"][:20]
   p = _pipeline()
   main, other = (p | beam.Create(good + [b"not an example"])
@@ -152,7 +152,7 @@ def test_sharing_options_and_batching():
 
 def test_from_config_checks_the_cascade_first(job, tmp_path):
   with pytest.raises(CascadeError, match="nope"):
-    from_config(job["config"], ["stages.b.outputs.probs=nope:0"])
+    handler_from_config(job["config"], ["stages.b.outputs.probs=nope:0"])
 
 
 def test_the_example_scores_the_demo_like_demo_json(tmp_path, capsys):

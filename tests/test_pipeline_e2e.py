@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from pipeline.cli import main
+from tfcascade.pipeline.cli import main
 from tests.jobs import N_RECORDS, check_against_oracle, make_job, summary_of
 
 

@@ -12,11 +12,11 @@ import time
 
 import pytest
 
-from transforms import output_layout as layout
-from transforms import publish
-from transforms import staging as staging_lib
-from transforms.shard_writer import ShardWriter
-from transforms.tfrecord_framing import frame_records
+from tfcascade.transforms.publishing import output_layout as layout
+from tfcascade.transforms.publishing import finalize as publish
+from tfcascade.transforms.publishing import run_registry as staging_lib
+from tfcascade.transforms.writing.shard_writer import ShardWriter
+from tfcascade.transforms.formats.tfrecord_framing import frame_records
 
 
 def _info(run_id, **extra):
@@ -36,7 +36,7 @@ def _attempt(run, records, kind="predictions"):
 
 
 def _published_records(out):
-  from transforms.tfrecord_framing import read_record_chunks  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.formats.tfrecord_framing import read_record_chunks  # pylint: disable=g-import-not-at-top
   found = []
   for path in sorted(layout.matches(os.path.join(out, "predictions-*"))):
     for chunk in read_record_chunks(path):

@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from pipeline.cli import main
-from pipeline.quiet import without_info
+from tfcascade.pipeline.cli import main
+from tfcascade.pipeline.quiet import without_info
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHATTER = ("absl::InitializeLog", "oneDNN custom operations", "cpu_feature_guard",
@@ -28,8 +28,8 @@ def demo(tmp_path_factory):
 
 
 def _commands():
-  """`python -m pipeline` and the console script next to this interpreter."""
-  found = [[sys.executable, "-m", "pipeline"]]
+  """`python -m tfcascade` and the console script next to this interpreter."""
+  found = [[sys.executable, "-m", "tfcascade"]]
   script = os.path.join(os.path.dirname(sys.executable), "tfcascade")
   if os.path.exists(script):
     found.append([script])

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.cli import main
+from tfcascade.pipeline.cli import main
 from tests import tiny_models as tm
 from tests.jobs import check_against_oracle, make_job, summary_of
-from transforms import run_cascade
+from tfcascade.transforms.beam import score_chunks as run_cascade
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -156,7 +156,7 @@ def slow_job(tmp_path_factory):
 
 
 def _launch(job, out, *extra):
-  cmd = [sys.executable, "-m", "pipeline", "run", "--config", job["config"],
+  cmd = [sys.executable, "-m", "tfcascade", "run", "--config", job["config"],
          "--set", f"output.path={out}", "--set", "batch_size=50",
          "--runner=DirectRunner", *extra]
   return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from transforms import tfrecord_framing as fr
+from tfcascade.transforms.formats import tfrecord_framing as fr
 
 RECORDS = [b"", b"a", b"hello world" * 3, bytes(range(256)) * 4, b"x" * 70,
            b"\x00" * 13, b"last record"]

@@ -14,10 +14,10 @@ from apache_beam.testing.util import assert_that, equal_to
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from tests import tiny_models as tm
-from transforms import tfrecord_framing as framing
-from transforms.engine import CascadeSpec, FeatureSpec, ModelSource, StageSpec
-from transforms.read import ReadRecordChunks, RecordChunk
-from transforms.run_cascade import (COUNTS_TAG, DEAD_LETTER_TAG, RunCascade, _CascadeDoFn,
+from tfcascade.transforms.formats import tfrecord_framing as framing
+from tfcascade.transforms.engine import CascadeSpec, FeatureSpec, ModelSource, StageSpec
+from tfcascade.transforms.reading.record_ranges import ReadRecordChunks, RecordChunk
+from tfcascade.transforms.beam.score_chunks import (COUNTS_TAG, DEAD_LETTER_TAG, RunCascade, _CascadeDoFn,
                                     process_bundle)
 
 DIRECT = ["--runner=DirectRunner"]
@@ -107,7 +107,7 @@ def _encoded_blobs(spec, output_format, records):
 
 def test_run_cascade_outputs_equal_the_engine(spec):
   """The DoFn's encoded outputs carry exactly the engine's values."""
-  from transforms.engine import CascadeSession  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.engine import CascadeSession  # pylint: disable=g-import-not-at-top
   records = _records(30, seed=5)
   with CascadeSession(spec) as session:
     expected = session.run(records)

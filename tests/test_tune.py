@@ -11,14 +11,14 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from pipeline import tune
-from pipeline.cli import main
-from pipeline.config import load_config
-from pipeline.demo import build, dataset
+from tfcascade.pipeline import tune
+from tfcascade.pipeline.cli import main
+from tfcascade.pipeline.config import load_config
+from tfcascade.pipeline.demo import build, dataset
 from tests import tiny_models as tm
-from transforms.engine import CascadeSession
-from transforms.engine.gate import Gate
-from transforms.engine.spec import ModelSource, StageSpec
+from tfcascade.transforms.engine import CascadeSession
+from tfcascade.transforms.engine.gate import Gate
+from tfcascade.transforms.engine.spec import ModelSource, StageSpec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCAL = os.path.join(ROOT, "configs", "local.yaml")

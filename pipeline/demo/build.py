@@ -16,8 +16,8 @@ from typing import Dict, Optional
 import numpy as np
 import tensorflow as tf
 
-from pipeline.demo import dataset
-from pipeline.demo import models
+from tfcascade.pipeline.demo import dataset
+from tfcascade.pipeline.demo import models
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

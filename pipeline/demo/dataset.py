@@ -14,7 +14,7 @@ from typing import List, Tuple
 import numpy as np
 import tensorflow as tf
 
-from pipeline.demo import digits
+from tfcascade.pipeline.demo import digits
 
 # Keeps the scoring draw a different stream from any training draw.
 _DATA_DRAW = 3_000

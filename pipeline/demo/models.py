@@ -21,7 +21,7 @@ from typing import Callable, Dict, Tuple
 import numpy as np
 import tensorflow as tf
 
-from pipeline.demo import digits
+from tfcascade.pipeline.demo import digits
 
 v1 = tf.compat.v1
 

@@ -1,4 +1,4 @@
-"""The real tfcascade job (`python -m pipeline run`) on another runner, checked
+"""The real tfcascade job (`python -m tfcascade run`) on another runner, checked
 against the oracle and against the same job on the DirectRunner. Shared by
 tests/portable/ and tests/flink/."""
 
@@ -20,7 +20,7 @@ def prepare(root, n_records=N_RECORDS) -> dict:
 def run(job, out, runner_args, timeout=400):
   """Runs the job's config to `out` with the given Beam runner args."""
   harness.run_job(
-      [sys.executable, "-m", "pipeline", "run", "--config", job["config"],
+      [sys.executable, "-m", "tfcascade", "run", "--config", job["config"],
        "--set", f"output.path={out}"] + list(runner_args),
       timeout=timeout, cwd=str(harness.REPO))
 

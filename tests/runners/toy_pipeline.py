@@ -1,4 +1,4 @@
-"""A tiny, self-contained Beam job that stands in for `python -m pipeline run`
+"""A tiny, self-contained Beam job that stands in for `python -m tfcascade run`
 while proving the runner harness (tests/runners/harness.py) on a
 PortableRunner and on Flink.
 
@@ -32,7 +32,7 @@ def where(_):
   # Which interpreter/venv runs this worker, and which copy of the project's
   # `transforms` package it would import (none when the worker lacks it).
   try:
-    import transforms
+    import tfcascade.transforms
     loc = getattr(transforms, "__file__", None) or list(transforms.__path__)[0]
   except ImportError:
     loc = "-"

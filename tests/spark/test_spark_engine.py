@@ -18,7 +18,7 @@ import psutil
 import pytest
 import tensorflow as tf
 
-from pipeline.cli import main
+from tfcascade.pipeline.cli import main
 from tests.jobs import check_against_oracle, make_job, summary_of
 from tests import tiny_models as tm
 
@@ -47,7 +47,7 @@ def job(tmp_path_factory):
 
 
 def _spark_cli(job, out, master, env, *extra):
-  cmd = [sys.executable, "-m", "pipeline", "run", "--config", job["config"],
+  cmd = [sys.executable, "-m", "tfcascade", "run", "--config", job["config"],
          "--set", f"output.path={out}", *JOB_OVERRIDES, "--engine", "spark",
          "--master", master, "--spark-conf", "spark.driver.host=127.0.0.1",
          "--spark-conf", "spark.driver.bindAddress=127.0.0.1",
@@ -117,7 +117,7 @@ def _executors():
 def test_a_lost_executor_is_retried_and_every_record_published_once(
     big_job, tmp_path, spark_env, spark_cluster):
   out = tmp_path / "out"
-  cmd = [sys.executable, "-m", "pipeline", "run", "--config", big_job["config"],
+  cmd = [sys.executable, "-m", "tfcascade", "run", "--config", big_job["config"],
          "--set", f"output.path={out}",
          "--set", f"input.pattern={big_job['root']}/data/u-*.tfrecord",
          "--set", "batch_size=50", "--engine", "spark", "--master", spark_cluster,

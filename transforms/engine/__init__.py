@@ -2,16 +2,18 @@
 
 Public surface:
   CascadeSpec, StageSpec, FeatureSpec, ModelSource, SessionSpec: what to build.
-  CascadeSession: the one graph + session; `run(serialized_examples)`.
+  CascadeSession: the one graph + session; `run(serialized_examples)` returns
+    a CascadeResult (outputs, parsed passthrough, rows run per stage).
   build_cascade_graph: build and validate without opening a session.
   CascadeError: every validation/wiring problem, with the culprit named.
 """
 
-from transforms.engine.cascade import CascadeSession, build_cascade_graph
-from transforms.engine.spec import (CascadeError, CascadeSpec, FeatureSpec,
-                                    ModelSource, SessionSpec, StageSpec)
+from tfcascade.transforms.engine.cascade import (CascadeResult, CascadeSession,
+                                                build_cascade_graph)
+from tfcascade.transforms.engine.spec import (CascadeError, CascadeSpec, FeatureSpec,
+                                              ModelSource, SessionSpec, StageSpec)
 
 __all__ = [
-    "CascadeError", "CascadeSession", "CascadeSpec", "FeatureSpec",
+    "CascadeError", "CascadeResult", "CascadeSession", "CascadeSpec", "FeatureSpec",
     "ModelSource", "SessionSpec", "StageSpec", "build_cascade_graph",
 ]

@@ -15,15 +15,15 @@ import os
 import re
 import time
 import weakref
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
 
-from transforms.engine.gate import OPERATORS, Gate, parse_gate
-from transforms.engine.sources import PlacedModel, place_model
-from transforms.engine.spec import (FEATURE_DTYPES, CascadeError, CascadeSpec,
+from tfcascade.transforms.engine.gate import OPERATORS, Gate, parse_gate
+from tfcascade.transforms.engine.sources import PlacedModel, place_model
+from tfcascade.transforms.engine.spec import (FEATURE_DTYPES, CascadeError, CascadeSpec,
                                     FeatureSpec, StageSpec)
 
 SERIALIZED_INPUT = "serialized_examples"
@@ -90,6 +90,7 @@ class CascadeGraph:
     serialized: the tf.string [batch] placeholder fed with serialized Examples.
     parsed: feature name -> its parsed [batch, ...] tensor (the in-graph parse).
     fetches: engine output name ("<stage>/<output>", "<stage>/ran") -> tensor.
+    passthrough: passthrough feature name -> its parsed tensor.
     rows_run: stage name -> int32 scalar, rows the stage's model ran on.
     models: stage name -> placed model (Saver + checkpoint).
     plan: per-stage description, in order.
@@ -98,9 +99,23 @@ class CascadeGraph:
   serialized: tf.Tensor
   parsed: Dict[str, tf.Tensor]
   fetches: Dict[str, tf.Tensor]
+  passthrough: Dict[str, tf.Tensor]
   rows_run: Dict[str, tf.Tensor]
   models: Dict[str, PlacedModel]
   plan: List[StagePlan]
+
+
+class CascadeResult(NamedTuple):
+  """What one cascade call returns, each array with the batch first.
+
+  Attributes:
+    outputs: "<stage>/<output>" (and "<stage>/ran" of a gated stage) -> array.
+    passthrough: passthrough feature -> its parsed values.
+    rows_run: stage -> rows its model ran on (the batch, or the gate's rows).
+  """
+  outputs: Dict[str, np.ndarray]
+  passthrough: Dict[str, np.ndarray]
+  rows_run: Dict[str, int]
 
 
 @dataclasses.dataclass
@@ -126,7 +141,8 @@ def build_cascade_graph(spec: CascadeSpec) -> CascadeGraph:
     parsed = _parse_features(serialized, spec.features)
     batch = tf.shape(serialized, out_type=tf.int64)[0]
     available = {f"features.{name}": t for name, t in parsed.items()}
-    fetches = _passthrough_fetches(parsed, spec.passthrough)
+    passthrough = _passthrough_tensors(parsed, spec.passthrough)
+    fetches = {}
     for stage in spec.stages:
       model, gating = _place_stage(stage, available, stage_order)
       for out, tensor in _full_batch_outputs(stage, model, gating, batch).items():
@@ -139,7 +155,8 @@ def build_cascade_graph(spec: CascadeSpec) -> CascadeGraph:
         rows_run[stage.name] = batch
       models[stage.name] = model
       plan.append(_stage_plan(stage, model, gating))
-  return CascadeGraph(graph, serialized, dict(parsed), fetches, rows_run, models, plan)
+  return CascadeGraph(graph, serialized, dict(parsed), fetches, passthrough, rows_run,
+                      models, plan)
 
 
 def _check_stages(stages: Sequence[StageSpec]) -> Dict[str, int]:
@@ -168,16 +185,14 @@ def _parse_features(serialized, features: Sequence[FeatureSpec]):
   return tf.io.parse_example(serialized, spec, name="parse")
 
 
-def _passthrough_fetches(parsed: Mapping[str, tf.Tensor],
+def _passthrough_tensors(parsed: Mapping[str, tf.Tensor],
                          passthrough: Sequence[str]) -> Dict[str, tf.Tensor]:
-  """"passthrough/<name>" -> parsed feature, for each passthrough feature."""
-  fetches = {}
+  """name -> parsed feature, for each passthrough feature."""
   for name in passthrough:
     if name not in parsed:
       raise CascadeError(f"passthrough feature '{name}' is not declared under "
                          f"input.features")
-    fetches[f"passthrough/{name}"] = parsed[name]
-  return fetches
+  return {name: parsed[name] for name in passthrough}
 
 
 def _place_stage(stage: StageSpec, available: Mapping[str, tf.Tensor],
@@ -324,6 +339,7 @@ class CascadeSession:
     self.spec = spec
     self.cascade = build_cascade_graph(spec)
     self.output_names = list(self.cascade.fetches)
+    self._passthrough_names = list(self.cascade.passthrough)
     self._stage_names = list(self.cascade.rows_run)
     graph = self.cascade.graph
     self._session = tf.compat.v1.Session(graph=graph, config=session_config(spec))
@@ -337,7 +353,8 @@ class CascadeSession:
                                f" failed: {e.message.splitlines()[0]}") from e
       graph.finalize()
       self._callable = self._make_callable(
-          list(self.cascade.fetches.values()) + list(self.cascade.rows_run.values()))
+          list(self.cascade.fetches.values()) + list(self.cascade.passthrough.values())
+          + list(self.cascade.rows_run.values()))
       # Parsing alone: tells a record that does not parse from a model that
       # fails, at a fraction of a cascade call.
       self._parse_callable = self._make_callable(list(self.cascade.parsed.values()))
@@ -376,27 +393,21 @@ class CascadeSession:
         return stage.name
     return None
 
-  def run(self, serialized: Sequence[bytes]) -> Dict[str, np.ndarray]:
+  def run(self, serialized: Sequence[bytes]) -> CascadeResult:
     """Runs the cascade on a batch of serialized `tf.train.Example`s.
 
     Args:
       serialized: the records' bytes (a list or a 1-D object array).
 
-    Returns:
-      Every engine output by name, each with the batch as first dimension,
-      plus "<stage>/rows_run" (scalar int64) per stage.
-
     Raises:
       tf.errors.OpError: a record does not parse (InvalidArgumentError), or a
         stage's model fails; `parse` and `stage_of` tell which.
     """
-    batch = np.asarray(serialized, dtype=object)
-    values = self._callable(batch)
-    n = len(self.output_names)
-    result = dict(zip(self.output_names, values[:n]))
-    result.update({f"{name}/rows_run": v
-                   for name, v in zip(self._stage_names, values[n:])})
-    return result
+    values = iter(self._callable(np.asarray(serialized, dtype=object)))
+    outputs = {name: next(values) for name in self.output_names}
+    passthrough = {name: next(values) for name in self._passthrough_names}
+    rows_run = {name: int(next(values)) for name in self._stage_names}
+    return CascadeResult(outputs, passthrough, rows_run)
 
   def close(self) -> None:
     """Releases the callable and the session; safe to call twice."""

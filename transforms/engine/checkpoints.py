@@ -10,7 +10,7 @@ from typing import Dict, Iterator, Optional, Tuple
 
 import tensorflow as tf
 
-from transforms.engine.spec import CascadeError
+from tfcascade.transforms.engine.spec import CascadeError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ import dataclasses
 import math
 import re
 
-from transforms.engine.spec import CascadeError
+from tfcascade.transforms.engine.spec import CascadeError
 
 # The one table of gate operators: symbol -> name of the comparison, which is
 # the same in tf.math (cascade.py builds the in-graph comparison from it) and

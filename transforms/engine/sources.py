@@ -15,8 +15,8 @@ from typing import Callable, Dict, List, Mapping
 import tensorflow as tf
 from tensorflow.python.saved_model import loader_impl
 
-from transforms.engine.checkpoints import CheckpointInfo, read_checkpoint
-from transforms.engine.spec import CascadeError, StageSpec
+from tfcascade.transforms.engine.checkpoints import CheckpointInfo, read_checkpoint
+from tfcascade.transforms.engine.spec import CascadeError, StageSpec
 
 # Checkpoints written by TF2 object-based saving (tf.train.Checkpoint,
 # tf.saved_model.save) carry this key; their variable names are object paths

@@ -1,7 +1,7 @@
-"""`from_config`: a CascadeModelHandler from a job config (launcher side).
+"""`handler_from_config`: a CascadeModelHandler from a job config (launcher side).
 
-The handler itself lives in `transforms/model_handler.py` (worker side, which
-never imports `pipeline`); this builds it from YAML and checks the cascade
+The handler itself lives in `transforms/beam/cascade_handler.py` (worker side, which
+never imports the launcher); this builds it from YAML and checks the cascade
 before any pipeline starts.
 """
 
@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from pipeline.config import load_config
-from transforms.model_handler import CascadeModelHandler
+from tfcascade.pipeline.config import load_config
+from tfcascade.transforms.beam.cascade_handler import CascadeModelHandler
 
 
-def from_config(path: str, overrides: Sequence[str] = (), *, check: bool = True,
+def handler_from_config(path: str, overrides: Sequence[str] = (), *, check: bool = True,
                 **kwargs) -> CascadeModelHandler:
   """The RunInference handler for a job config's cascade.
 
@@ -33,7 +33,7 @@ def from_config(path: str, overrides: Sequence[str] = (), *, check: bool = True,
   config = load_config(path, overrides)
   spec = config.cascade_spec()
   if check:
-    from transforms.engine import build_cascade_graph  # pylint: disable=g-import-not-at-top
+    from tfcascade.transforms.engine import build_cascade_graph  # pylint: disable=g-import-not-at-top
     build_cascade_graph(spec)
   kwargs.setdefault("max_batch_size", config.batch_size)
   return CascadeModelHandler.from_spec(spec, **kwargs)

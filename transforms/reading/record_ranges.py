@@ -1,4 +1,4 @@
-"""Reading TFRecord files as chunks of records with provenance.
+"""Reading TFRecord files as chunks of records with provenance (any engine).
 
 One element per record costs ~5 us in Beam (docs/design.md, fact 6), so records
 travel in chunks of `batch_size`: `RecordChunk(source, [(index, bytes), ...])`.
@@ -12,20 +12,16 @@ import logging
 import math
 from typing import Iterator, List, NamedTuple, Optional, Tuple, Union
 
-import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from transforms import dead_letters, publish
-from transforms import tfrecord_framing as framing
+from tfcascade.transforms.formats import dead_letters
+from tfcascade.transforms.formats import tfrecord_framing as framing
 
-__all__ = ["ReadRecordChunks", "RecordChunk", "ReadRange", "QUARANTINE_TAG",
-           "READ_COUNTS_TAG", "plan_ranges", "read_range"]
+__all__ = ["RecordChunk", "ReadRange", "CorruptInputError", "open_raw",
+           "plan_ranges", "read_range"]
 
-QUARANTINE_TAG = "quarantine"
-READ_COUNTS_TAG = "read_counts"
 _LOG = logging.getLogger("tfcascade")
-NAMESPACE = "tfcascade"
 
 
 class RecordChunk(NamedTuple):
@@ -119,72 +115,7 @@ def read_range(task: ReadRange, chunk_size: int, max_record_bytes: int,
         f"{'byte range' if ranged else 'file'} skipped", salvaged)
 
 
-class _PlanRanges(beam.DoFn):
-  """Splits a big uncompressed file into byte ranges (see plan_ranges)."""
-
-  def __init__(self, split_bytes: int, max_record_bytes: int):
-    self._split_bytes = split_bytes
-    self._max_record_bytes = max_record_bytes
-
-  def process(self, file: Tuple[str, str, int]):
-    yield from plan_ranges(file, self._split_bytes, self._max_record_bytes)
-
-
-class _ReadChunks(beam.DoFn):
-  """Reads one ReadRange; yields RecordChunks, quarantine entries and the
-  records_read count (tagged): records are counted where they are read."""
-
-  def __init__(self, chunk_size: int, max_record_bytes: int, on_corrupt: str):
-    self._chunk_size = chunk_size
-    self._max_record_bytes = max_record_bytes
-    self._on_corrupt = on_corrupt
-    self._records_read = beam.metrics.Metrics.counter(NAMESPACE, "records_read")
-    self._files_quarantined = beam.metrics.Metrics.counter(NAMESPACE, "files_quarantined")
-
-  def process(self, task: ReadRange):
-    read = 0
-    for item in read_range(task, self._chunk_size, self._max_record_bytes,
-                           self._on_corrupt):
-      if isinstance(item, RecordChunk):
-        read += len(item.records)
-        self._records_read.inc(len(item.records))
-        yield item
-      else:
-        self._files_quarantined.inc()
-        yield beam.pvalue.TaggedOutput(QUARANTINE_TAG, item)
-    yield beam.pvalue.TaggedOutput(READ_COUNTS_TAG, (publish.RECORDS_READ, read))
-
-
 class CorruptInputError(RuntimeError):
   """An input file's TFRecord framing is damaged and the policy is 'fail'."""
 
 
-class ReadRecordChunks(beam.PTransform):
-  """Files -> RecordChunks (main), quarantine dead letters and
-  (records_read, n) counts (tagged).
-
-  Args:
-    files: (path, compression "none"|"gzip", size in bytes) per input file,
-      matched on the launcher so missing inputs fail before any worker starts.
-  """
-
-  def __init__(self, files, chunk_size: int, max_record_bytes: int,
-               on_corrupt: str, split_bytes: int):
-    super().__init__()
-    self._files = list(files)
-    self._chunk_size = chunk_size
-    self._max_record_bytes = max_record_bytes
-    self._on_corrupt = on_corrupt
-    self._split_bytes = split_bytes
-
-  def expand(self, pbegin):
-    return (pbegin
-            | "ListInputFiles" >> beam.Create(self._files)
-            | "PlanReadRanges" >> beam.ParDo(
-                _PlanRanges(self._split_bytes, self._max_record_bytes))
-            # Spreads ranges over workers; without it they stay fused to the
-            # single Create bundle.
-            | "SpreadRanges" >> beam.Reshuffle()
-            | "ReadChunks" >> beam.ParDo(_ReadChunks(
-                self._chunk_size, self._max_record_bytes, self._on_corrupt)
-            ).with_outputs(QUARANTINE_TAG, READ_COUNTS_TAG, main="chunks"))

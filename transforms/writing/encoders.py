@@ -15,8 +15,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from transforms import example_codec
-from transforms.tfrecord_framing import frame_matrix, frame_records
+from tfcascade.transforms.formats import example_codec
+from tfcascade.transforms.formats.tfrecord_framing import frame_matrix, frame_records
 
 
 def encode_tfrecord(columns: Dict[str, np.ndarray], num_rows: int,

@@ -15,17 +15,12 @@ use `ShardWriter`.
 from __future__ import annotations
 
 import uuid
-from typing import NamedTuple, Optional
+from typing import Optional
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-
-class WrittenFile(NamedTuple):
-  """One committed staged file: what it holds and how many records."""
-  kind: str  # "predictions" | "dead_letter" | "quarantine"
-  path: str
-  records: int
+from tfcascade.transforms.accounting import WrittenFile
 
 
 class ShardWriter:

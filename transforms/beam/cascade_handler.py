@@ -8,12 +8,11 @@ gated stage, `passthrough/<feature>` for the spec's parsed passthrough
 features.
 
     from apache_beam.ml.inference.base import RunInference
-    from transforms.model_handler import CascadeModelHandler
+    import tfcascade
 
-    handler = CascadeModelHandler.from_spec(spec)        # a CascadeSpec
+    handler = tfcascade.CascadeModelHandler.from_spec(spec)   # a CascadeSpec
     # or, from a job config (launcher side):
-    #   from pipeline.model_handler import from_config
-    #   handler = from_config("configs/local.yaml")
+    #   handler = tfcascade.handler_from_config("configs/local.yaml")
     results = serialized | RunInference(handler)
 
 One process loads ONE CascadeSession (one graph, one session, every model):
@@ -37,12 +36,10 @@ from __future__ import annotations
 
 from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
 
-import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from transforms.engine.spec import CascadeSpec
-
-NAMESPACE = "tfcascade"
+from tfcascade.transforms.engine.spec import CascadeSpec
+from tfcascade.transforms.metrics import NAMESPACE, StageMetrics
 DEFAULT_MAX_BATCH_SIZE = 1024
 
 
@@ -72,6 +69,7 @@ class CascadeModelHandler(ModelHandler[bytes, PredictionResult, Any]):
     self._large_model = bool(large_model or model_copies)
     self._copies = model_copies
     self._env_vars = {}
+    self._stage_metrics = StageMetrics(s.name for s in spec.stages)
 
   @classmethod
   def from_spec(cls, spec: CascadeSpec, **kwargs) -> "CascadeModelHandler":
@@ -86,11 +84,11 @@ class CascadeModelHandler(ModelHandler[bytes, PredictionResult, Any]):
     """Opens the one session: builds the graph, restores every stage.
 
     Raises:
-      transforms.devices.DeviceError: session.device is gpu and TensorFlow
+      tfcascade.transforms.gpu_check.DeviceError: session.device is gpu and TensorFlow
         sees no GPU in this process.
     """
-    from transforms.devices import check_device  # pylint: disable=g-import-not-at-top
-    from transforms.engine import CascadeSession  # pylint: disable=g-import-not-at-top
+    from tfcascade.transforms.gpu_check import check_device  # pylint: disable=g-import-not-at-top
+    from tfcascade.transforms.engine import CascadeSession  # pylint: disable=g-import-not-at-top
     check_device(self._spec.session.device)  # gpu without a GPU: fail, not crawl
     return CascadeSession(self._spec)
 
@@ -100,15 +98,10 @@ class CascadeModelHandler(ModelHandler[bytes, PredictionResult, Any]):
     """One session call for the batch; a PredictionResult per record."""
     records = list(batch)
     result = model.run(records)
-    outputs, rows_run = {}, {}
-    for name, value in result.items():
-      if name.endswith("/rows_run"):
-        rows_run[name[:-len("/rows_run")]] = int(value)
-      else:
-        outputs[name] = value
-    for stage, n in rows_run.items():
-      beam.metrics.Metrics.counter(NAMESPACE, f"{stage}_rows_in").inc(len(records))
-      beam.metrics.Metrics.counter(NAMESPACE, f"{stage}_rows_run").inc(n)
+    self._stage_metrics.update({s: len(records) for s in result.rows_run},
+                               result.rows_run)
+    outputs = {**result.outputs,
+               **{f"passthrough/{name}": v for name, v in result.passthrough.items()}}
     model_id = self.model_id
     return [PredictionResult(record, {name: value[i] for name, value in outputs.items()},
                              model_id)

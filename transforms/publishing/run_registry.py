@@ -1,4 +1,4 @@
-"""Per-run staging directories, and which runs are alive.
+"""The run registry: per-run staging directories, and which runs are alive.
 
 Every run stages under its own `<output>/_staging/<run id>/`, with a marker
 `RUN.json` (host, pid, start, heartbeat). Two launches of one job therefore
@@ -8,7 +8,7 @@ never write into each other's files, and the rules below decide who goes on:
   a failed run is there), when it was started on this host by a launcher
   process that no longer exists, or when its heartbeat is older than
   `STALE_AFTER_S`. The launcher beats while it waits, and so do the workers
-  while they score (transforms.run_cascade), so a submitted-only job (a
+  while they score (tfcascade.transforms.beam.score_chunks, the Spark task), so a submitted-only job (a
   Dataflow template launch, whose launcher exits at once) stays alive while
   it works; it gets `DETACHED_STALE_AFTER_S` for its workers to start. A dead
   run's directory is removed by the next run;
@@ -25,12 +25,10 @@ import datetime
 import logging
 import os
 import socket
-import threading
 import time
-import uuid
 from typing import List, Optional
 
-from transforms import output_layout as layout
+from tfcascade.transforms.publishing import output_layout as layout
 
 RUN_MARKER = "RUN.json"
 FILES = "files"
@@ -67,38 +65,16 @@ class RunState:
   why: str  # for messages: what the marker says, or why the run is dead
 
 
-def new_run_id() -> str:
-  """Sortable by start time; unique across hosts."""
-  now = datetime.datetime.now(datetime.timezone.utc)
-  return f"{now:%Y%m%dT%H%M%S%f}Z-{uuid.uuid4().hex[:8]}"
-
-
-def start_run(output_path: str, detached: bool = False) -> RunStaging:
-  """Creates this run's staging directory and marker."""
-  staging = RunStaging(output_path, new_run_id())
-  now = time.time()
-  layout.write_json(staging.marker, {
-      "run_id": staging.run_id, "host": socket.gethostname(), "pid": os.getpid(),
-      "started_epoch": now, "heartbeat_epoch": now, "detached": detached,
-      "ended": None})
-  return staging
-
-
 def heartbeat(staging: RunStaging) -> None:
   """Tells other launches this run is alive; a failed beat is only logged
   (one missed beat is not fatal, the next one follows)."""
   try:
-    _update_marker(staging, heartbeat_epoch=time.time())
+    update_marker(staging, heartbeat_epoch=time.time())
   except Exception:  # pylint: disable=broad-except
     _LOG.warning("heartbeat of run %s failed", staging.run_id, exc_info=True)
 
 
-def mark_ended(staging: RunStaging, why: str) -> None:
-  """Marks a run that failed as dead: the next run may clean it up."""
-  _update_marker(staging, ended=why)
-
-
-def _update_marker(staging: RunStaging, **fields) -> None:
+def update_marker(staging: RunStaging, **fields) -> None:
   marker = _read_marker(staging.marker) or {}
   marker.update(fields)
   layout.write_json(staging.marker, marker)
@@ -167,26 +143,3 @@ def _pid_alive(pid) -> bool:
   except PermissionError:  # alive, someone else's
     return True
   return True
-
-
-class Heartbeat:
-  """Beats the run's marker while the launcher waits, so another launch of
-  the same output sees this run alive."""
-
-  def __init__(self, run_staging):
-    self._run = run_staging
-    self._stop = threading.Event()
-    self._thread = threading.Thread(target=self._beat, daemon=True,
-                                    name="tfcascade-heartbeat")
-
-  def _beat(self):
-    while not self._stop.wait(HEARTBEAT_S):
-      heartbeat(self._run)
-
-  def __enter__(self):
-    self._thread.start()
-    return self
-
-  def __exit__(self, *exc):
-    self._stop.set()
-    self._thread.join()

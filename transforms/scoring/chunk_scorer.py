@@ -17,16 +17,21 @@ Failures are told apart, because they mean different things:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import time
-from typing import Dict, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Sequence, Tuple
 
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from transforms import dead_letters, example_codec, publish
-from transforms.encode import ENCODERS
-from transforms.read import RecordChunk
+from tfcascade.transforms.accounting import RunCounts
+from tfcascade.transforms.formats import dead_letters, example_codec
+from tfcascade.transforms.reading.record_ranges import RecordChunk
+from tfcascade.transforms.writing.encoders import ENCODERS
+
+if TYPE_CHECKING:  # the engine imports TensorFlow
+  from tfcascade.transforms.engine import CascadeResult
 
 _REASON_CHARS = 500
 
@@ -41,7 +46,7 @@ class ScoredChunk:
 
   Attributes:
     blobs: (records encoded, ready-to-append file bytes) per good part.
-    dead_letters: dead-letter entries (see transforms.dead_letters).
+    dead_letters: dead-letter entries (see formats.dead_letters).
     rows_in: stage -> rows that reached it.
     rows_run: stage -> rows its model ran on (the gate).
     failed_calls: session calls that failed while isolating bad records.
@@ -59,14 +64,13 @@ class ScoredChunk:
     """Rows the cascade ran on (every stage's rows_in is that number)."""
     return next(iter(self.rows_in.values()), 0)
 
-  def counts(self) -> List[Tuple[str, int]]:
-    """(key, n) counts for the run's accounting (see transforms.publish):
-    rows in and run per stage, dead letters per reason."""
-    found = [(f"{publish.ROWS_IN}{s}", n) for s, n in self.rows_in.items()]
-    found += [(f"{publish.ROWS_RUN}{s}", n) for s, n in self.rows_run.items()]
-    found += [(f"{publish.DEAD_REASON}{reason_class(d['error'])}", 1)
-              for d in self.dead_letters]
-    return found
+  def counts(self) -> RunCounts:
+    """This chunk's part of the run's accounting: rows in and run per stage,
+    dead letters per reason."""
+    counts = RunCounts(rows_in=collections.Counter(self.rows_in),
+                       rows_run=collections.Counter(self.rows_run))
+    counts.dead_reasons.update(reason_class(d["error"]) for d in self.dead_letters)
+    return counts
 
 
 @dataclasses.dataclass
@@ -74,7 +78,7 @@ class Inferred:
   """A chunk's session results before encoding (ChunkScorer.infer)."""
   records: List[bytes]  # the chunk's serialized records, by position
   scored: ScoredChunk  # counts and timings so far; blobs come in finish
-  parts: List[Tuple[np.ndarray, dict]]  # (positions, engine result) that scored
+  parts: List[Tuple[np.ndarray, CascadeResult]]  # (positions, result) that scored
   dead: List[Tuple[int, str]]  # (position, reason)
 
 
@@ -89,7 +93,7 @@ class ChunkScorer:
   def __init__(self, session, output_format: str, passthrough: Sequence[str],
                reject_non_finite: bool):
     """Args:
-      session: a transforms.engine.CascadeSession.
+      session: a tfcascade.transforms.engine.CascadeSession.
       output_format: "tfrecord" or "jsonl".
       passthrough: input features copied to the output unchanged.
       reject_non_finite: dead-letter rows whose float outputs hold NaN/Inf.
@@ -207,7 +211,7 @@ class ChunkScorer:
     stage = self._session.stage_of(error)
     if stage is None:
       return bool(parts)
-    return any(_split_result(result)[0].get(stage, 0) > 0 for _, result in parts)
+    return any(result.rows_run.get(stage, 0) > 0 for _, result in parts)
 
   def _stage_name(self, error) -> str:
     stage = self._session.stage_of(error)
@@ -234,15 +238,15 @@ class ChunkScorer:
   # --- turning a scored part into output -------------------------------------
 
   def _emit(self, records, positions, result, dead, out) -> None:
-    rows_run, outputs, parsed = _split_result(result)
-    for stage, n in rows_run.items():
+    outputs = result.outputs
+    for stage, n in result.rows_run.items():
       out.rows_in[stage] += len(positions)
       out.rows_run[stage] += n
     keep = (self._finite_rows(outputs, positions, dead) if self._reject_non_finite
             else np.ones(len(positions), dtype=bool))
     raw = self._copy_raw_passthrough(records, positions, keep, dead)
     if keep.any():
-      columns = {k: v[keep] for k, v in {**parsed, **outputs}.items()}
+      columns = {k: v[keep] for k, v in {**result.passthrough, **outputs}.items()}
       kept = int(keep.sum())
       out.blobs.append(self._encode(columns, kept, raw))
 
@@ -291,19 +295,6 @@ class ChunkScorer:
         dead.append((int(positions[i]), f"non-finite model output {name} (NaN or Inf)"))
       bad |= row_bad
     return ~bad
-
-
-def _split_result(result):
-  """The engine's result -> (rows run per stage, outputs, parsed passthrough)."""
-  rows_run, outputs, parsed = {}, {}, {}
-  for key, value in result.items():
-    if key.endswith("/rows_run"):
-      rows_run[key[:-len("/rows_run")]] = int(value)
-    elif key.startswith("passthrough/"):
-      parsed[key[len("passthrough/"):]] = value
-    else:
-      outputs[key] = value
-  return rows_run, outputs, parsed
 
 
 def _first_line(error) -> str:

@@ -4,9 +4,9 @@ The Spark engine's worker side, built from the same pieces as the Beam job:
 the reader (`read_range`), the scorer (`ChunkScorer`: the one CascadeSession,
 bad-record isolation, encoding), the dead-letter schema and the staged-file
 writer (`ShardWriter`). A task attempt writes its own uniquely named files
-and returns `(key, n)` counts; Spark keeps the result of one successful
+and returns its RunCounts; Spark keeps the result of one successful
 attempt per partition, so the driver publishes exactly the committed files
-(transforms.publish) — a retried or speculative attempt's files are named
+(publishing.finalize) — a retried or speculative attempt's files are named
 nowhere and are deleted with the run's staging directory.
 
 No pyspark import at module level: Spark's Python workers import this module
@@ -16,21 +16,19 @@ by name (so the per-process session cache below survives across tasks with
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import hashlib
 import pickle
 import threading
 from typing import Dict, Iterable, Iterator, Sequence, Tuple
 
-from transforms import output_layout as layout
-from transforms import publish, staging
-from transforms.read import ReadRange, RecordChunk, read_range
-from transforms.scoring import ChunkScorer
-from transforms.shard_writer import ShardWriter
-from transforms.write import dead_letter_line
-
-SESSIONS_OPENED = "metric:sessions_opened"  # not accounting: run_metrics.json
+from tfcascade.transforms.accounting import RunCounts
+from tfcascade.transforms.formats.dead_letters import entry_line
+from tfcascade.transforms.publishing import output_layout as layout
+from tfcascade.transforms.publishing import run_registry
+from tfcascade.transforms.reading.record_ranges import ReadRange, RecordChunk, read_range
+from tfcascade.transforms.scoring.chunk_scorer import ChunkScorer
+from tfcascade.transforms.writing.shard_writer import ShardWriter
 
 # One scorer (one CascadeSession) per Python worker process, reused by every
 # task the process runs.
@@ -50,7 +48,7 @@ class TaskConfig:
   on_corrupt: str
   predictions_suffix: str
   compression: str
-  run: staging.RunStaging
+  run: run_registry.RunStaging
 
 
 def _threads_for(spec, cpus: int):
@@ -72,14 +70,14 @@ def _scorer(config: TaskConfig, cpus: int) -> Tuple[ChunkScorer, bool]:
   with _LOCK:
     if key in _SCORERS:
       return _SCORERS[key], False
-    from transforms.engine import CascadeSession  # pylint: disable=g-import-not-at-top
+    from tfcascade.transforms.engine import CascadeSession  # pylint: disable=g-import-not-at-top
     _SCORERS[key] = ChunkScorer(CascadeSession(spec), config.output_format,
                                 config.passthrough, config.reject_non_finite)
     return _SCORERS[key], True
 
 
 def spark_task(config: TaskConfig, ranges: Iterable[ReadRange]
-               ) -> Iterator[Tuple[str, int]]:
+               ) -> Iterator[RunCounts]:
   """The function Spark runs per partition: the session is sized to the
   task's cores (`spark.task.cpus`)."""
   from pyspark import TaskContext  # pylint: disable=g-import-not-at-top
@@ -89,11 +87,11 @@ def spark_task(config: TaskConfig, ranges: Iterable[ReadRange]
 
 
 def score_partition(config: TaskConfig, ranges: Iterable[ReadRange],
-                    cpus: int = 1) -> Iterator[Tuple[str, int]]:
-  """Reads, scores and writes a partition's ranges; yields its counts."""
+                    cpus: int = 1) -> Iterator[RunCounts]:
+  """Reads, scores and writes a partition's ranges; yields its RunCounts."""
   scorer, opened = _scorer(config, cpus)
-  staging.heartbeat(config.run)
-  counts: collections.Counter = collections.Counter({SESSIONS_OPENED: int(opened)})
+  run_registry.heartbeat(config.run)
+  counts = RunCounts(sessions_opened=int(opened))
   writers = {kind: ShardWriter(config.run.files_dir, kind, suffix, compression)
              for kind, suffix, compression in (
                  (layout.PREDICTIONS, config.predictions_suffix, config.compression),
@@ -103,17 +101,16 @@ def score_partition(config: TaskConfig, ranges: Iterable[ReadRange],
     for item in read_range(task, config.chunk_size, config.max_record_bytes,
                            config.on_corrupt):
       if isinstance(item, RecordChunk):
-        counts[publish.RECORDS_READ] += len(item.records)
+        counts.records_read += len(item.records)
         _score_chunk(scorer, item, writers, counts)
       else:
-        counts[f"{publish.QUARANTINED}{item['source']}"] += 1
+        counts.quarantined[item["source"]] += 1
         _write_entry(writers[layout.QUARANTINE], item)
   for writer in writers.values():
     written = writer.close()
     if written is not None:
-      key, records = publish.file_count(written)
-      counts[key] += records
-  yield from counts.items()
+      counts.files.append(written)
+  yield counts
 
 
 def _score_chunk(scorer, chunk, writers, counts) -> None:
@@ -122,10 +119,9 @@ def _score_chunk(scorer, chunk, writers, counts) -> None:
     writers[layout.PREDICTIONS].write(blob, records)
   for entry in scored.dead_letters:
     _write_entry(writers[layout.DEAD_LETTER], entry)
-  for key, n in scored.counts():
-    counts[key] += n
+  counts.add(scored.counts())
 
 
 def _write_entry(writer: ShardWriter, entry: dict) -> None:
-  records, line = dead_letter_line(entry)
+  records, line = entry_line(entry)
   writer.write(line, records)

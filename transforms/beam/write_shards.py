@@ -1,32 +1,27 @@
-"""Writing (records, blob) pairs into staged files, counted as they are written.
+"""Step 3 on Beam: (records, blob) pairs into staged files, counted as they
+are written.
 
 Elements are ready-to-append file bytes (a batch of framed TFRecords or JSON
 lines) with the number of records they hold. Each bundle attempt writes its
-own uniquely named file (transforms.shard_writer) and emits the
-`(file key, records)` count of it; the runner keeps committed bundles' outputs
-only, so `transforms.publish.finalize` publishes exactly the committed files,
-and a retried bundle can neither drop nor duplicate records.
+own uniquely named file (writing.shard_writer) and emits a RunCounts naming
+it; the runner keeps committed bundles' outputs only, so
+`publishing.finalize` publishes exactly the committed files, and a retried
+bundle can neither drop nor duplicate records.
 """
 
 from __future__ import annotations
 
-import json
 import random
 from typing import Tuple
 
 import apache_beam as beam
 from apache_beam.transforms import window
 
-from transforms import publish
-from transforms.read import NAMESPACE
-from transforms.shard_writer import ShardWriter
+from tfcascade.transforms.accounting import RunCounts
+from tfcascade.transforms.metrics import WriteMetrics
+from tfcascade.transforms.writing.shard_writer import ShardWriter
 
-__all__ = ["WriteShards", "dead_letter_line"]
-
-
-def dead_letter_line(entry: dict) -> Tuple[int, bytes]:
-  """A dead-letter entry as a JSON line: (1 record, its bytes)."""
-  return 1, (json.dumps(entry, sort_keys=True) + "\n").encode("utf-8")
+__all__ = ["WriteShards"]
 
 
 class _WriteBundleFile(beam.DoFn):
@@ -34,7 +29,7 @@ class _WriteBundleFile(beam.DoFn):
 
   def __init__(self, directory: str, kind: str, suffix: str, compression: str):
     self._args = (directory, kind, suffix, compression)
-    self._written = beam.metrics.Metrics.counter(NAMESPACE, f"{kind}_records_written")
+    self._metrics = WriteMetrics(kind)
     self._writer = None
 
   def start_bundle(self):
@@ -48,8 +43,8 @@ class _WriteBundleFile(beam.DoFn):
     written = self._writer.close()
     self._writer = None
     if written is not None:
-      self._written.inc(written.records)
-      yield window.GlobalWindows.windowed_value(publish.file_count(written))
+      self._metrics.records_written.inc(written.records)
+      yield window.GlobalWindows.windowed_value(RunCounts(files=[written]))
 
 
 class _WriteGroupFile(beam.DoFn):
@@ -57,7 +52,7 @@ class _WriteGroupFile(beam.DoFn):
 
   def __init__(self, directory: str, kind: str, suffix: str, compression: str):
     self._args = (directory, kind, suffix, compression)
-    self._written = beam.metrics.Metrics.counter(NAMESPACE, f"{kind}_records_written")
+    self._metrics = WriteMetrics(kind)
 
   def process(self, keyed):
     _, elements = keyed
@@ -66,12 +61,12 @@ class _WriteGroupFile(beam.DoFn):
       writer.write(blob, records)
     written = writer.close()
     if written is not None:
-      self._written.inc(written.records)
-      yield publish.file_count(written)
+      self._metrics.records_written.inc(written.records)
+      yield RunCounts(files=[written])
 
 
 class WriteShards(beam.PTransform):
-  """(records, blob) pairs -> staged files; outputs (file key, records) counts.
+  """(records, blob) pairs -> staged files; outputs a RunCounts per file.
 
   Args:
     directory: the run's staging directory for files.

@@ -1,4 +1,4 @@
-"""The job: config -> checks -> Beam pipeline -> run -> publish.
+"""The Beam job: config -> checks -> Beam pipeline -> run -> publish.
 
 Launcher side. Everything that can fail without data (config, input files,
 checkpoints, variables, wiring, existing output) fails here, before any worker
@@ -17,16 +17,20 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipeline.config import JobConfig
-from transforms import output_layout as layout
-from transforms import publish
-from transforms import staging as staging_lib
-from transforms import tfrecord_framing as framing
-from transforms.engine import build_cascade_graph
-from transforms.read import QUARANTINE_TAG, READ_COUNTS_TAG, ReadRecordChunks, open_raw
-from transforms.run_cascade import COUNTS_TAG, DEAD_LETTER_TAG, RunCascade
-from transforms.staging import RunStaging
-from transforms.write import WriteShards, dead_letter_line
+from tfcascade.pipeline import run_start
+from tfcascade.pipeline.config import JobConfig
+from tfcascade.transforms.accounting import RunCounts
+from tfcascade.transforms.beam.read_chunks import QUARANTINE_TAG, READ_COUNTS_TAG, ReadRecordChunks
+from tfcascade.transforms.beam.score_chunks import COUNTS_TAG, DEAD_LETTER_TAG, RunCascade
+from tfcascade.transforms.beam.write_shards import WriteShards
+from tfcascade.transforms.engine import build_cascade_graph
+from tfcascade.transforms.formats import tfrecord_framing as framing
+from tfcascade.transforms.formats.dead_letters import entry_line
+from tfcascade.transforms.metrics import NAMESPACE
+from tfcascade.transforms.publishing import finalize
+from tfcascade.transforms.publishing import output_layout as layout
+from tfcascade.transforms.publishing.run_registry import RunStaging
+from tfcascade.transforms.reading.record_ranges import open_raw
 
 _LOG = logging.getLogger("tfcascade")
 DEFAULT_RUNNER = "DirectRunner"
@@ -108,7 +112,7 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig,
     p: the pipeline.
     config: the job config.
     files: (path, compression, size) of every input file.
-    run: the run's staging, from `publish.prepare`.
+    run: the run's staging, from `run_start.prepare`.
     info: `run_info(...)`, for the summary.
   """
   read = p | "ReadInputs" >> ReadRecordChunks(
@@ -122,26 +126,22 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig,
       run.files_dir, layout.PREDICTIONS, predictions_suffix(config),
       config.output.num_shards, config.output.compression)
   dead_letter_files = (scored[DEAD_LETTER_TAG]
-                       | "DeadLetterLines" >> beam.Map(dead_letter_line)
+                       | "DeadLetterLines" >> beam.Map(entry_line)
                        | "WriteDeadLetters" >> WriteShards(
                            run.files_dir, layout.DEAD_LETTER, ".jsonl"))
-  quarantine = read[QUARANTINE_TAG]
-  quarantine_files = (quarantine
-                      | "QuarantineLines" >> beam.Map(dead_letter_line)
+  quarantine_files = (read[QUARANTINE_TAG]
+                      | "QuarantineLines" >> beam.Map(entry_line)
                       | "WriteQuarantine" >> WriteShards(
                           run.files_dir, layout.QUARANTINE, ".jsonl"))
-  quarantined = quarantine | "QuarantinedFiles" >> beam.Map(
-      lambda d: (f"{publish.QUARANTINED}{d['source']}", 1))
   counts = (
       (read[READ_COUNTS_TAG], scored[COUNTS_TAG], predictions, dead_letter_files,
-       quarantine_files, quarantined)
+       quarantine_files)
       | "AllCounts" >> beam.Flatten()
-      | "SumCounts" >> beam.CombinePerKey(sum)
-      | "CountsToDict" >> beam.combiners.ToDict())
+      | "SumCounts" >> beam.CombineGlobally(RunCounts.total))
   # The last step publishes, so a run the launcher does not wait for (a
   # Dataflow Flex Template, --template_location) still ends complete.
   _ = counts | "PublishOutput" >> beam.Map(
-      publish.finalize, run.output_path, run.run_id, info)
+      finalize.finalize, run.output_path, run.run_id, info)
 
 
 def cascade_spec_for(config: JobConfig, options: PipelineOptions):
@@ -200,7 +200,7 @@ def _counters(result) -> Dict[str, int]:
   reports them; informative only: accounting uses counts written as data."""
   try:
     found = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(
-        "tfcascade"))["counters"]
+        NAMESPACE))["counters"]
   except Exception:  # pylint: disable=broad-except; some runners have no metrics
     return {}
   totals: Dict[str, int] = {}
@@ -236,7 +236,8 @@ def run(config: JobConfig, beam_args: Sequence[str] = (), overwrite: bool = Fals
     saw), or None when the job was only submitted (template, dry run).
 
   Raises:
-    PreflightError, CascadeError, OutputExistsError, RunInProgressError:
+    PreflightError, CascadeError, run_start.OutputExistsError,
+      run_start.RunInProgressError:
       before any worker starts.
     RuntimeError: the pipeline failed (records did not add up, too many
       dead letters, a broken model, ...); nothing was published.
@@ -248,21 +249,21 @@ def run(config: JobConfig, beam_args: Sequence[str] = (), overwrite: bool = Fals
     standard.runner = DEFAULT_RUNNER  # never the download-on-first-use default
   detached = _submits_only(options)
   if _dry_run(options):  # describes the job only: no run starts, nothing staged
-    run_staging = RunStaging(config.output_path, staging_lib.new_run_id())
+    run_staging = RunStaging(config.output_path, run_start.new_run_id())
   else:
-    run_staging = publish.prepare(config.output_path, overwrite, detached=detached)
+    run_staging = run_start.prepare(config.output_path, overwrite, detached=detached)
   pipeline = beam.Pipeline(options=options)
   build_pipeline(pipeline, config, pre.files, run_staging,
                  run_info(config, pre.plan, standard.runner, run_staging.run_id))
   if detached:
     pipeline.run()
     return None
-  with staging_lib.Heartbeat(run_staging):
+  with run_start.Heartbeat(run_staging):
     try:
       result = pipeline.run()
       state = result.wait_until_finish()
     except BaseException as e:
-      staging_lib.mark_ended(run_staging, f"failed: {type(e).__name__}")
+      run_start.mark_ended(run_staging, f"failed: {type(e).__name__}")
       raise
   return _judge(config.output_path, run_staging, result, state)
 
@@ -270,12 +271,12 @@ def run(config: JobConfig, beam_args: Sequence[str] = (), overwrite: bool = Fals
 def _judge(output_path: str, run_staging, result, state) -> dict:
   """The summary of a finished pipeline, or RuntimeError if it did not publish."""
   if str(state) not in ("DONE", "PipelineState.DONE"):
-    staging_lib.mark_ended(run_staging, f"pipeline state {state}")
+    run_start.mark_ended(run_staging, f"pipeline state {state}")
     raise RuntimeError(f"pipeline ended in state {state}; nothing published "
                        f"(no {layout.SUCCESS})")
-  summary = publish.read_summary(output_path)
+  summary = run_start.read_summary(output_path)
   if summary is None or summary.get("run_id") != run_staging.run_id:
-    staging_lib.mark_ended(run_staging, "finished without publishing")
+    run_start.mark_ended(run_staging, "finished without publishing")
     raise RuntimeError(f"the pipeline finished but did not publish {output_path} "
                        f"(no {layout.SUCCESS} of this run)")
   summary["metrics"] = _counters(result)

@@ -1,4 +1,5 @@
-"""RunCascade: RecordChunks -> encoded output blobs, dead letters and counts.
+"""Step 2 on Beam: RunCascade, RecordChunks -> encoded output blobs, dead
+letters and counts.
 
 Each worker process holds ONE CascadeSession (one graph, one session, every
 model) behind one `beam.utils.shared.Shared` handle, however many threads or
@@ -19,11 +20,12 @@ import apache_beam as beam
 from apache_beam.transforms import window
 from apache_beam.utils import shared
 
-from transforms import staging
-from transforms.read import NAMESPACE, RecordChunk
-from transforms.devices import check_device
-from transforms.scoring import ChunkScorer
-from transforms.staging import RunStaging
+from tfcascade.transforms.gpu_check import check_device
+from tfcascade.transforms.metrics import ScoreMetrics
+from tfcascade.transforms.publishing import run_registry
+from tfcascade.transforms.publishing.run_registry import RunStaging
+from tfcascade.transforms.reading.record_ranges import RecordChunk
+from tfcascade.transforms.scoring.chunk_scorer import ChunkScorer
 
 __all__ = ["RunCascade", "DEAD_LETTER_TAG", "COUNTS_TAG"]
 
@@ -48,10 +50,10 @@ class _SharedSession:
     self._last_beat = float("-inf")
 
   def heartbeat_due(self) -> bool:
-    """True at most once per staging.HEARTBEAT_S in this process."""
+    """True at most once per run_registry.HEARTBEAT_S in this process."""
     with self._lock:
       now = time.monotonic()
-      if now - self._last_beat < staging.HEARTBEAT_S:
+      if now - self._last_beat < run_registry.HEARTBEAT_S:
         return False
       self._last_beat = now
       return True
@@ -80,7 +82,7 @@ class _SharedSession:
 
 
 class _CascadeDoFn(beam.DoFn):
-  """Scores RecordChunks (transforms.scoring) and emits what came out.
+  """Scores RecordChunks (scoring.chunk_scorer) and emits what came out.
 
   One chunk deep pipelining: the session calls of chunk k+1 run in a helper
   thread (TF releases the GIL) while this thread encodes chunk k and the
@@ -100,20 +102,10 @@ class _CascadeDoFn(beam.DoFn):
     self._run = run
     self._tag = hashlib.sha256(pickle.dumps(spec)).hexdigest()
     self._shared_session = None
-    m = beam.metrics.Metrics
-    self._sessions_opened = m.counter(NAMESPACE, "sessions_opened")
-    self._load_ms = m.distribution(NAMESPACE, "load_model_latency_milli_secs")
-    self._batch_latency = m.distribution(NAMESPACE, "inference_batch_latency_micro_secs")
-    self._batch_size = m.distribution(NAMESPACE, "inference_request_batch_size")
-    self._inferences = m.counter(NAMESPACE, "num_inferences")
-    self._dead = m.counter(NAMESPACE, "records_dead_lettered")
-    self._failed_batches = m.counter(NAMESPACE, "failed_batches_counter")
-    self._stage_counters = {
-        s.name: (m.counter(NAMESPACE, f"{s.name}_rows_in"),
-                 m.counter(NAMESPACE, f"{s.name}_rows_run")) for s in spec.stages}
+    self._metrics = ScoreMetrics(s.name for s in spec.stages)
 
   def setup(self):
-    from transforms.engine import CascadeSession  # pylint: disable=g-import-not-at-top
+    from tfcascade.transforms.engine import CascadeSession  # pylint: disable=g-import-not-at-top; TF on workers only
 
     def load():
       start = time.perf_counter()
@@ -131,10 +123,10 @@ class _CascadeDoFn(beam.DoFn):
   def start_bundle(self):
     self._pending = None
     if self._shared_session.report_open_once():
-      self._sessions_opened.inc()
-      self._load_ms.update(self._shared_session.load_ms)
+      self._metrics.sessions_opened.inc()
+      self._metrics.load_ms.update(self._shared_session.load_ms)
     if self._run is not None and self._shared_session.heartbeat_due():
-      staging.heartbeat(self._run)
+      run_registry.heartbeat(self._run)
 
   def process(self, chunk: RecordChunk):
     inferring = self._inferring.submit(self._scorer.infer, chunk)
@@ -155,28 +147,12 @@ class _CascadeDoFn(beam.DoFn):
   def _finish(self, chunk, inferring):
     """Encodes a chunk whose session calls are done (or waits for them)."""
     scored = self._scorer.finish(chunk, inferring.result())
-    self._update_metrics(scored)
-    for count in scored.counts():
-      yield beam.pvalue.TaggedOutput(COUNTS_TAG, count)
+    self._metrics.record(scored)  # informative; the accounting is the counts below
+    self._shared_session.progress(scored.rows_scored, scored.rows_run)
+    yield beam.pvalue.TaggedOutput(COUNTS_TAG, scored.counts())
     yield from scored.blobs
     for entry in scored.dead_letters:
       yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, entry)
-
-  def _update_metrics(self, scored) -> None:
-    """RunInference-style metrics and the progress log (informative only:
-    the accounting uses counts emitted as data)."""
-    for latency in scored.batch_latencies_us:
-      self._batch_latency.update(latency)
-    rows = scored.rows_scored
-    if rows:
-      self._batch_size.update(rows)
-      self._inferences.inc(rows)
-    self._failed_batches.inc(scored.failed_calls)
-    self._dead.inc(len(scored.dead_letters))
-    for stage, (rows_in, ran) in self._stage_counters.items():
-      rows_in.inc(scored.rows_in[stage])
-      ran.inc(scored.rows_run[stage])
-    self._shared_session.progress(rows, scored.rows_run)
 
   def teardown(self):
     # The session is shared by the process and closed when the Shared
@@ -200,8 +176,8 @@ def process_bundle(dofn: _CascadeDoFn, chunks) -> list:
 
 
 class RunCascade(beam.PTransform):
-  """RecordChunks -> (records, blob) pairs (main), dead letters and counts
-  (tagged: rows_in/<stage>, rows_run/<stage>, dead_reason:<reason>).
+  """RecordChunks -> (records, blob) pairs (main), dead letters and a
+  RunCounts per chunk (tagged).
 
   Args:
     spec: the engine's CascadeSpec.
@@ -210,7 +186,7 @@ class RunCascade(beam.PTransform):
     reject_non_finite: dead-letter rows whose outputs hold NaN/Inf.
     run: the run's staging; workers beat its marker while they score, so a
       job whose launcher does not wait (a Dataflow template) is seen alive by
-      other launches, and dead soon after it stops (transforms.staging).
+      other launches, and dead soon after it stops (publishing.run_registry).
   """
 
   def __init__(self, spec, output_format: str = "tfrecord",

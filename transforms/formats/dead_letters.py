@@ -19,8 +19,10 @@ Entries are built here only.
 from __future__ import annotations
 
 import base64
+import json
+from typing import Tuple
 
-__all__ = ["record_entry", "quarantine_entry"]
+__all__ = ["record_entry", "quarantine_entry", "entry_line"]
 
 
 def record_entry(source: str, index: int, error: str, raw: bytes) -> dict:
@@ -50,3 +52,8 @@ def quarantine_entry(source: str, index: int, offset: int, error: str,
   """
   return {"source": source, "index": index, "offset": offset, "error": error,
           "records_salvaged": records_salvaged, "raw_b64": ""}
+
+
+def entry_line(entry: dict) -> Tuple[int, bytes]:
+  """An entry as one JSON line, ready to append: (1 record, its bytes)."""
+  return 1, (json.dumps(entry, sort_keys=True) + "\n").encode("utf-8")

@@ -33,5 +33,5 @@ def device_problem(config, local: bool = True) -> Optional[str]:
   workers are elsewhere: they check themselves)."""
   if config.session.device != "gpu" or not local:
     return None
-  from transforms.devices import gpu_problem  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.gpu_check import gpu_problem  # pylint: disable=g-import-not-at-top
   return gpu_problem()

@@ -1,0 +1,7 @@
+"""`python -m tfcascade ...` is the `tfcascade` command."""
+
+import sys
+
+from tfcascade.pipeline.cli import main
+
+sys.exit(main())

@@ -1,0 +1,72 @@
+"""What a run counts, as typed records that add up.
+
+Every piece of work reports a `RunCounts` as DATA (not as metrics, which
+runners may drop or double): the reader counts records read, the scorer rows
+per stage and dead-letter reasons, the writers the files they committed.
+Runners keep the outputs of committed work only, so the sum of every
+`RunCounts` a run emitted is exactly what it did; `publishing.finalize`
+checks `records_read == written + dead_lettered` on that sum.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Iterable, List, NamedTuple
+
+
+class WrittenFile(NamedTuple):
+  """One committed staged file: what it holds and how many records."""
+  kind: str  # "predictions" | "dead_letter" | "quarantine"
+  path: str
+  records: int
+
+
+def _counter() -> collections.Counter:
+  return collections.Counter()
+
+
+@dataclasses.dataclass
+class RunCounts:
+  """Counts of one piece of work, or of a whole run (their sum).
+
+  Attributes:
+    records_read: records the reader read (and handed on to be scored).
+    rows_in: stage -> rows that reached it.
+    rows_run: stage -> rows its model ran on (fewer when gated).
+    dead_reasons: dead-letter reason (shortened) -> records.
+    quarantined: input file -> damaged ranges quarantined in it.
+    files: staged files written by committed work.
+    sessions_opened: sessions opened (informative: run_metrics.json).
+  """
+  records_read: int = 0
+  rows_in: collections.Counter = dataclasses.field(default_factory=_counter)
+  rows_run: collections.Counter = dataclasses.field(default_factory=_counter)
+  dead_reasons: collections.Counter = dataclasses.field(default_factory=_counter)
+  quarantined: collections.Counter = dataclasses.field(default_factory=_counter)
+  files: List[WrittenFile] = dataclasses.field(default_factory=list)
+  sessions_opened: int = 0
+
+  def add(self, other: "RunCounts") -> "RunCounts":
+    """Adds `other` into this one (in place); returns self."""
+    self.records_read += other.records_read
+    self.rows_in.update(other.rows_in)
+    self.rows_run.update(other.rows_run)
+    self.dead_reasons.update(other.dead_reasons)
+    self.quarantined.update(other.quarantined)
+    self.files.extend(other.files)
+    self.sessions_opened += other.sessions_opened
+    return self
+
+  @classmethod
+  def total(cls, parts: Iterable["RunCounts"]) -> "RunCounts":
+    """The sum of `parts` (an empty sum is all zeros). Closed under its own
+    results, so Beam can use it as a CombineGlobally function."""
+    result = cls()
+    for part in parts:
+      result.add(part)
+    return result
+
+  def records_in(self, kind: str) -> int:
+    """Records in the committed files of one kind."""
+    return sum(f.records for f in self.files if f.kind == kind)

@@ -1,0 +1,1 @@
+"""Step 1, read (workers): input files -> chunks of records with provenance."""

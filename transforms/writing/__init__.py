@@ -1,0 +1,1 @@
+"""Step 3, write (workers): encoded outputs -> uniquely named staged files."""
