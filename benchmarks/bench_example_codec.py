@@ -1,21 +1,19 @@
-"""Benchmark: batch Example encoding (transforms.example_codec) vs protobuf.
+"""Benchmark: batch Example encoding (tfcascade's example_codec) vs protobuf.
 
 The workload is the cascade's output row (docs/design.md, fact 11): an id (bytes),
 64 + 16 float32 stage outputs and a gate flag (int64), 1024 rows per batch.
 Runs are interleaved and the median CPU time (process_time; every path is
 single-threaded) is reported, because shared machines are noisy.
-Usage: .venv/bin/python benchmarks/bench_example_codec.py [--rows N]
+Usage: .venv/bin/python -m benchmarks.bench_example_codec [--rows N]
 """
 
 import argparse
 import os
 import statistics
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import tensorflow as tf  # noqa: E402  (after the log-level setting)
@@ -52,10 +50,6 @@ def encode_with_protos(cols, rows):
   return out
 
 
-def encode_with_codec(cols, rows):
-  return example_codec.encode_examples(cols, rows)
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--rows", type=int, default=1024)
@@ -65,12 +59,12 @@ def main():
   cols = make_batch(rows)
 
   # Same messages both ways (compared parsed: map order is not part of it).
-  ours, theirs = encode_with_codec(cols, rows), encode_with_protos(cols, rows)
+  ours, theirs = example_codec.encode_examples(cols, rows), encode_with_protos(cols, rows)
   assert all(tf.train.Example.FromString(a) == tf.train.Example.FromString(b)
              for a, b in zip(ours, theirs))
 
   # Passthrough of the id as raw Feature bytes, extraction included.
-  sources = encode_with_codec({"id": cols["id"]}, rows)
+  sources = example_codec.encode_examples({"id": cols["id"]}, rows)
   numeric = {k: v for k, v in cols.items() if k != "id"}
 
   def encode_with_raw_passthrough(_, n):
@@ -78,7 +72,7 @@ def main():
     return example_codec.encode_examples(numeric, n, raw_features={"id": raw})
 
   paths = [("tf.train.Example protos", encode_with_protos),
-           ("example_codec", encode_with_codec),
+           ("example_codec", example_codec.encode_examples),
            ("example_codec + raw id passthrough", encode_with_raw_passthrough)]
   times = {name: [] for name, _ in paths}
   for _ in range(args.repeats):

@@ -1,31 +1,14 @@
 """Per-row cost of each piece of tfcascade's hot path, without Beam's runner.
 
-Usage: .venv/bin/python -m benchmarks.breakdown [--kind light] [--n 100000]
-  [--workdir /tmp/tfcascade-bench/100000_400000]
-
-`python -m benchmarks.run` runs it too (system "breakdown") and reports it.
-Runs the job's own per-chunk code on the benchmark's data (run
-`python -m benchmarks.run` first; `--quick` data: --n 20000 --workdir
-/tmp/tfcascade-bench/20000_80000), piece by piece:
-
-  read     transforms.tfrecord_framing.read_record_chunks (framing + 2 CRCs),
-           in chunks of the job's batch_size, as ReadRecordChunks does;
-  read-gzip  the same reader on the gzip copy of the same files;
-  read-tfdata  the alternative: tf.data's C++ TFRecordDataset (CRCs checked
-           in C++), batched, each record turned into the Python bytes the
-           scorer needs for provenance and dead letters (not used by the job:
-           measured to show why);
-  score    CascadeSession.run alone (in-graph parse + every stage);
-  dofn     the cascade DoFn's whole `process` per chunk (transforms.run_cascade:
-           score + splitting the outputs + non-finite check + raw passthrough
-           copy + encode), the same DoFn RunCascade runs;
-  dofn-score  the DoFn beyond the engine (dofn minus score);
-  write    transforms.shard_writer.ShardWriter appending the DoFn's blobs to
-           one staged file, as each bundle's writer does (records are counted
-           as they are written: no pass re-reads the output).
-
-The DoFn is the job's, not a copy, so this measures the current code paths.
-Median of 3 passes, wall and process CPU time (TF's pool threads included).
+`.venv/bin/python -m benchmarks.breakdown [--kind light] [--n 100000]
+[--workdir /tmp/tfcascade-bench/100000_400000]` on benchmarks.run's data
+(benchmarks.run also runs it, as system "breakdown"). Pieces, median of 3
+passes, wall and process CPU (TF's pool threads included): read (the job's
+framing reader, 2 CRCs, in batch_size chunks), read-gzip (same, gzip copy),
+read-tfdata (tf.data's C++ reader, records turned into the Python bytes the
+scorer needs: the alternative, not used), score (CascadeSession.run alone),
+dofn (the job's own cascade DoFn over the chunks, via process_bundle),
+write (ShardWriter appending the DoFn's blobs).
 """
 
 from __future__ import annotations
@@ -41,7 +24,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from apache_beam.utils import shared  # noqa: E402
 
-from benchmarks import systems, workloads  # noqa: E402  (imports TF)
+from benchmarks import workloads  # noqa: E402  (imports TF)
+from tfcascade.pipeline.config import JobConfig  # noqa: E402
 from tfcascade.transforms.formats import tfrecord_framing as framing  # noqa: E402
 from tfcascade.transforms.engine import CascadeSession  # noqa: E402
 from tfcascade.transforms.reading.record_ranges import RecordChunk  # noqa: E402
@@ -49,13 +33,6 @@ from tfcascade.transforms.beam.score_chunks import _CascadeDoFn, process_bundle 
 from tfcascade.transforms.writing.shard_writer import ShardWriter  # noqa: E402
 
 PIECES = ("read", "read-gzip", "read-tfdata", "score", "dofn", "write")
-
-
-def _config(workdir, kind, n):
-  from tfcascade.pipeline.config import JobConfig  # pylint: disable=g-import-not-at-top
-  cfg = systems.tfcascade_config({"workdir": workdir, "kind": kind, "n": n,
-                                  "out": "/tmp/tfcascade-breakdown"})
-  return JobConfig.model_validate(cfg)
 
 
 class _Clock:
@@ -71,14 +48,6 @@ class _Clock:
     self.wall[piece].append(time.perf_counter() - wall)
     self.cpu[piece].append(time.process_time() - cpu)
     return result
-
-
-def _cascade_dofn(config):
-  """The DoFn RunCascade builds for this config, set up outside a pipeline."""
-  dofn = _CascadeDoFn(config.cascade_spec(), shared.Shared(), config.output.format,
-                      config.output.passthrough, config.dead_letter.non_finite_outputs)
-  dofn.setup()
-  return dofn
 
 
 def one_pass(clock, config, files, gzip_files, session, dofn, scratch):
@@ -129,14 +98,18 @@ def summarize(clock, rows):
 
 def measure(workdir, kind, n, passes=3):
   """Runs every piece `passes` times on the n-row sharded data; summarize()."""
-  config = _config(workdir, kind, n)
+  config = JobConfig.model_validate(workloads.job_config(
+      {"workdir": workdir, "kind": kind, "n": n, "out": "/tmp/tfcascade-breakdown"}))
   files = sorted(glob.glob(config.input_patterns[0]))
   gzip_files = sorted(glob.glob(workloads.data_paths(workdir, n)["gzip"]))
   if not files or len(gzip_files) != len(files):
     raise SystemExit(f"no data at {config.input_patterns[0]}: run "
                      f"`python -m benchmarks.run` first")
   session = CascadeSession(config.cascade_spec())
-  dofn = _cascade_dofn(config)
+  # The DoFn RunCascade builds for this config, set up outside a pipeline.
+  dofn = _CascadeDoFn(config.cascade_spec(), shared.Shared(), config.output.format,
+                      config.output.passthrough, config.dead_letter.non_finite_outputs)
+  dofn.setup()
   clock = _Clock()
   with tempfile.TemporaryDirectory(prefix="tfcascade-breakdown-") as tmp:
     for _ in range(passes):

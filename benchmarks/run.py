@@ -1,17 +1,14 @@
 """The benchmark: `.venv/bin/python -m benchmarks.run [--quick]`.
 
 Builds deterministic TFRecords and three model pairs (benchmarks.workloads),
-then runs every system (benchmarks.systems) in its own fresh process, in
-interleaved rounds (every configuration once per round, shuffled), so a noisy
-neighbour hurts all systems alike. The driver samples the RSS of each run's
-process tree from a thread and notes how busy the rest of the machine was.
-Outputs are checked against B0's (max |difference| of B's probabilities per
-id; gate decisions against A's confidence). Results go to
-benchmarks/results.json (raw, every run) and benchmarks/RESULTS.md (medians,
-fits, ratios, targets, analysis) and the README's headline block;
-`--report-only` rebuilds them from the json.
-A `--quick` smoke run (small sizes, one round) writes results-quick.json and
-RESULTS-quick.md instead, so it never overwrites the full run's report.
+then runs every configuration (benchmarks.systems) in its own fresh process,
+in interleaved rounds (every configuration once per round, shuffled), so a
+noisy neighbour hurts all systems alike; samples each run's process-tree RSS
+and notes how busy the rest of the machine was. Outputs are checked against
+B0's. Writes benchmarks/results.json (every run), benchmarks/RESULTS.md
+(benchmarks.report) and the README's headline block; `--report-only`
+rebuilds the reports from the json. `--quick` is a smoke run: every
+configuration once on a few thousand records, results under the work dir.
 """
 
 from __future__ import annotations
@@ -21,25 +18,17 @@ import datetime
 import glob
 import json
 import os
-import platform
 import random
 import resource
-import subprocess
 import sys
-import threading
 import time
 
-import psutil
+from benchmarks import common, report
+from benchmarks.common import DIRECT, MP2, ROOT
 
-from benchmarks import report
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-RESULTS_JSON = os.path.join(HERE, "results.json")
-RESULTS_MD = os.path.join(HERE, "RESULTS.md")
+RESULTS_JSON = os.path.join(common.HERE, "results.json")
+RESULTS_MD = os.path.join(common.HERE, "RESULTS.md")
 README = os.path.join(ROOT, "README.md")
-DIRECT = ["--runner=DirectRunner"]
-MP2 = DIRECT + ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
 KINDS = ("heavy", "light", "ultralight")
 
 
@@ -47,7 +36,7 @@ def mt(n):
   return DIRECT + ["--direct_running_mode=multi_threading", f"--direct_num_workers={n}"]
 
 
-def plan_runs(small: int, big: int, quick: bool):
+def plan_runs(small: int, big: int):
   """Every configuration of one round (list of dicts; `once`: first round only).
 
   Naive Beam runs at small/4 and small rows: its cost is almost all per-row,
@@ -63,149 +52,57 @@ def plan_runs(small: int, big: int, quick: bool):
     for n in (small, big):
       add(f"{kind}/b0", "b0", kind, n)
       add(f"{kind}/tfdata", "tfdata", kind, n, layout="sharded")
-      add(f"{kind}/tfcascade", "tfcascade", kind, n, layout="sharded",
-          beam_args=DIRECT)
-      if kind != "ultralight":
-        # Every shipped config reads gzip: T0 and tfcascade on gzip input
-        # (tfcascade also writes gzip).
+      add(f"{kind}/tfcascade", "tfcascade", kind, n, layout="sharded", beam_args=DIRECT)
+      if kind != "ultralight":  # every shipped config reads (and writes) gzip
         add(f"{kind}/tfdata-gzip", "tfdata", kind, n, layout="gzip")
-        add(f"{kind}/tfcascade-gzip", "tfcascade", kind, n, layout="gzip",
-            beam_args=DIRECT)
-    if kind != "ultralight" and not quick:
+        add(f"{kind}/tfcascade-gzip", "tfcascade", kind, n, layout="gzip", beam_args=DIRECT)
+    if kind != "ultralight":
       for n in (small // 4, small):
         add(f"{kind}/naive", "naive", kind, n, layout="sharded", beam_args=DIRECT)
-    # CPU per piece of the hot path (benchmarks.breakdown), without Beam.
     add(f"{kind}/breakdown", "breakdown", kind, small, layout="sharded")
-  # Two worker processes: each imports TF and restores its own session; two
-  # sizes, so a steady rate (without those fixed costs) can be fitted.
+  # Two worker processes, each importing TF and restoring its own session;
+  # two sizes, so a steady rate without those fixed costs can be fitted.
   for n in (small, big):
-    add("heavy/tfcascade-mp2", "tfcascade", "heavy", n, layout="sharded",
-        beam_args=MP2)
+    add("heavy/tfcascade-mp2", "tfcascade", "heavy", n, layout="sharded", beam_args=MP2)
   # Gated heavy cascades; the ungated one is heavy/tfcascade above.
-  for gate in ("100", "10") + (() if quick else ("50",)):
-    for n in ((small, big) if gate != "50" else (big,)):
+  for gate, sizes in (("100", (small, big)), ("10", (small, big)), ("50", (big,))):
+    for n in sizes:
       add(f"heavy/tfcascade-gate{gate}", "tfcascade", "heavy", n,
           layout="sharded", gate=gate, beam_args=DIRECT)
-  # Memory with the heavy models: one process, 1 vs 4 threads (one session
-  # either way); the start-up run opens a second session as the control.
-  add("heavy/tfcascade-mt1", "tfcascade", "heavy", big, layout="sharded",
-      beam_args=mt(1))
-  add("heavy/tfcascade-mt4", "tfcascade", "heavy", big, layout="sharded",
-      beam_args=mt(4))
-  # Start-up: pieces timed in-process, and the whole job on one batch.
+  # Memory: one process, 1 vs 4 threads (one session either way); the
+  # start-up run opens a second session as the control.
+  for threads in (1, 4):
+    add(f"heavy/tfcascade-mt{threads}", "tfcascade", "heavy", big, layout="sharded",
+        beam_args=mt(threads))
   add("heavy/startup", "startup", "heavy", 0)
   add("heavy/tfcascade-1batch", "tfcascade", "heavy", 0, beam_args=DIRECT)
   add("roofline", "roofline", "heavy", 0, once=True)
   # One big file, split into byte ranges for two worker processes.
-  if not quick:
-    add("heavy/tfcascade-mp2-singlefile", "tfcascade", "heavy", big,
-        layout="single", beam_args=MP2, split_bytes=8 << 20, once=True)
+  add("heavy/tfcascade-mp2-singlefile", "tfcascade", "heavy", big,
+      layout="single", beam_args=MP2, split_bytes=8 << 20, once=True)
   return runs
-
-
-class TreeSampler(threading.Thread):
-  """Peak RSS (sum over the process tree) sampled every `period` s.
-
-  The sum double-counts pages shared between worker processes (TF's
-  libraries); for one process it is exact.
-  """
-
-  def __init__(self, pid, period=0.05):
-    super().__init__(daemon=True)
-    self._root = psutil.Process(pid)
-    self._period = period
-    self._halt = threading.Event()
-    self.peak = 0
-    self.max_procs = 0
-
-  def run(self):
-    while not self._halt.is_set():
-      try:
-        procs = [self._root] + self._root.children(recursive=True)
-      except psutil.NoSuchProcess:
-        break
-      total = 0
-      for p in procs:
-        try:
-          total += p.memory_info().rss
-        except psutil.Error:
-          pass
-      self.peak = max(self.peak, total)
-      self.max_procs = max(self.max_procs, len(procs))
-      self._halt.wait(self._period)
-
-  def stop(self):
-    self._halt.set()
-    self.join()
-
-
-def _busy(t):
-  return t.user + t.nice + t.system + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
 
 
 def run_one(spec, timeout, log):
   """Runs one configuration in a fresh process; returns its measurements."""
-  env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
-  before_ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-  before_cpu = psutil.cpu_times()
-  load = os.getloadavg()[0]
-  start = time.perf_counter()
-  proc = subprocess.Popen(
-      [sys.executable, "-m", "benchmarks.systems", json.dumps(spec)],
-      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  sampler = TreeSampler(proc.pid)
-  sampler.start()
-  try:
-    out, _ = proc.communicate(timeout=timeout)
-  except subprocess.TimeoutExpired:
-    proc.kill()
-    out, _ = proc.communicate()
-  wall = time.perf_counter() - start
-  sampler.stop()
-  after_ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-  after_cpu = psutil.cpu_times()
-  ours = ((after_ru.ru_utime - before_ru.ru_utime)
-          + (after_ru.ru_stime - before_ru.ru_stime))
-  machine = _busy(after_cpu) - _busy(before_cpu)
+  before = resource.getrusage(resource.RUSAGE_CHILDREN)
+  run = common.run_measured([sys.executable, "-m", "benchmarks.systems", json.dumps(spec)],
+                            spec["out"] + ".log", timeout)
+  after = resource.getrusage(resource.RUSAGE_CHILDREN)
+  ours = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
   record = {"name": spec["name"], "n": spec["n"], "rep": spec["rep"],
-            "wall_s": wall, "peak_rss_mb": sampler.peak / 2**20,
-            "processes": sampler.max_procs, "cpu_s": ours,
+            "wall_s": run["wall_s"], "peak_rss_mb": run["sampler"].peak / 2**20,
+            "processes": run["sampler"].max_procs, "cpu_s": ours,
             # CPU-seconds others used while we ran: a noise indicator.
-            "foreign_cpu_s": max(0.0, machine - ours), "loadavg_1m": load,
-            "rc": proc.returncode}
-  line = next((l for l in reversed(out.splitlines()) if l.startswith("BENCH_RESULT ")),
-              None)
-  if proc.returncode != 0 or line is None:
-    record["error"] = out[-3000:]
-    log(f"  FAILED {spec['name']} n={spec['n']}: rc={proc.returncode}\n{out[-1500:]}")
-    return record
-  record.update(json.loads(line[len("BENCH_RESULT "):]))
+            "foreign_cpu_s": max(0.0, run["machine_cpu_s"] - ours),
+            "loadavg_1m": run["loadavg_1m"], "rc": run["rc"]}
+  result = common.tagged_json(run["output"], "BENCH_RESULT")
+  if run["rc"] != 0 or result is None:
+    record["error"] = run["output"][-3000:]
+    log(f"  FAILED {spec['name']} n={spec['n']}: rc={run['rc']}\n{run['output'][-1500:]}")
+  else:
+    record.update(result)
   return record
-
-
-def machine_info():
-  info = {"cores": os.cpu_count(), "python": platform.python_version(),
-          "platform": platform.platform(),
-          "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)}
-  try:
-    with open("/proc/cpuinfo") as f:
-      info["cpu_model"] = next(l.split(":", 1)[1].strip() for l in f
-                               if l.startswith("model name"))
-  except (OSError, StopIteration):
-    info["cpu_model"] = platform.processor()
-  try:
-    flags = open("/proc/cpuinfo").read()
-    info["simd"] = [f for f in ("avx2", "fma", "avx512f") if f" {f}" in flags]
-  except OSError:
-    pass
-  from importlib import metadata  # pylint: disable=g-import-not-at-top
-  for pkg in ("tensorflow-cpu", "tensorflow", "apache-beam", "numpy", "protobuf",
-              "google-crc32c"):
-    try:
-      info[pkg] = metadata.version(pkg)
-    except metadata.PackageNotFoundError:
-      pass
-  return info
 
 
 # --- output checks -----------------------------------------------------------
@@ -231,7 +128,8 @@ def _read_outputs(files, gated, width):
 
 
 def verify(spec, ref_path):
-  """Compares a run's B outputs per id with B0's (same data, same weights)."""
+  """Compares a run's B outputs per id with B0's (same data, same weights);
+  gated runs: gate decisions against A's confidence, and the fill value."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   ref = np.load(ref_path)
   n = spec["n"]
@@ -270,6 +168,11 @@ def verify(spec, ref_path):
 
 # --- main --------------------------------------------------------------------
 
+def _save(data, path):
+  with open(path, "w") as f:
+    json.dump(data, f, indent=1)
+
+
 def _write_reports(data, results_md, quick):
   """RESULTS.md, and (full runs) the README's headline block, from `data`."""
   report.write(data, results_md)
@@ -282,10 +185,11 @@ def _write_reports(data, results_md, quick):
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true",
-                      help="small sizes, one round (a smoke run, ~5 min)")
+                      help="smoke run: every configuration once at 4000,16000 rows; "
+                           "results-quick.json and RESULTS-quick.md in the work dir")
   parser.add_argument("--reps", type=int, default=None, help="rounds (default 3; quick 1)")
   parser.add_argument("--sizes", default=None,
-                      help="small,big rows (default 100000,400000; quick 20000,80000)")
+                      help="small,big rows (default 100000,400000; quick 4000,16000)")
   parser.add_argument("--workdir", default="/tmp/tfcascade-bench",
                       help="data, models and outputs (not in the repo)")
   parser.add_argument("--only", default=None, help="run configurations whose name contains this")
@@ -295,64 +199,51 @@ def main(argv=None):
                       help="rebuild RESULTS.md from results.json")
   args = parser.parse_args(argv)
 
+  small, big = (4000, 16000) if args.quick else (100000, 400000)
+  if args.sizes:
+    small, big = (int(s) for s in args.sizes.split(","))
+  # One folder per size pair, so quick and full runs keep their own data.
+  workdir = os.path.join(args.workdir, f"{small}_{big}")
   results_json, results_md = RESULTS_JSON, RESULTS_MD
-  if args.quick:
-    results_json = results_json.replace(".json", "-quick.json")
-    results_md = results_md.replace(".md", "-quick.md")
+  if args.quick:  # never replaces the committed results
+    results_json = os.path.join(workdir, "results-quick.json")
+    results_md = os.path.join(workdir, "RESULTS-quick.md")
   if args.report_only:
     with open(results_json) as f:
-      data = json.load(f)
-    _write_reports(data, results_md, args.quick)
+      _write_reports(json.load(f), results_md, args.quick)
     return
 
   reps = args.reps or (1 if args.quick else 3)
-  small, big = ((20000, 80000) if args.quick else (100000, 400000))
-  if args.sizes:
-    small, big = (int(s) for s in args.sizes.split(","))
-  budget = args.budget_min  # None: run every round
-  # One folder per size pair, so quick and full runs keep their own data.
-  args.workdir = os.path.join(args.workdir, f"{small}_{big}")
   started = time.time()
-
-  def log(msg):
-    print(f"[{time.time() - started:6.0f}s] {msg}", flush=True)
-
+  log = common.logger(started)
   # Data and models are written by a child: the driver stays TF-free while
-  # measuring (it imports TF only to check outputs between rounds).
-  prep = subprocess.run(
-      [sys.executable, "-c",
-       "import json,sys; from benchmarks import workloads as w; "
-       f"print('MANIFEST', json.dumps(w.prepare({args.workdir!r}, "
-       f"[{small // 4}, {small}, {big}])))"],
-      cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3"),
-      capture_output=True, text=True)
-  line = next((l for l in prep.stdout.splitlines() if l.startswith("MANIFEST ")), None)
-  if prep.returncode or not line:
-    sys.exit(f"preparing data failed:\n{prep.stdout[-2000:]}\n{prep.stderr[-2000:]}")
-  manifest = json.loads(line[len("MANIFEST "):])
-  log(f"data and models ready in {args.workdir} ({time.time() - started:.0f}s)")
+  # measuring (it imports TF only to check outputs between runs).
+  manifest = common.in_child(
+      "import json; from benchmarks import workloads as w; "
+      f"print('MANIFEST', json.dumps(w.prepare({workdir!r}, [{small // 4}, {small}, {big}])))",
+      "MANIFEST")
+  log(f"data and models ready in {workdir}")
 
-  runs = plan_runs(small, big, args.quick)
+  runs = plan_runs(small, big)
   if args.only:
     runs = [r for r in runs if args.only in r["name"]]
-  data = {"machine": machine_info(), "manifest": manifest,
+  data = {"machine": common.machine_info(), "manifest": manifest,
           "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(
               timespec="seconds"),
           "mode": "quick" if args.quick else "full", "sizes": [small, big],
           "reps_planned": reps, "runs": [], "verify": {}}
   total = len(runs) + (reps - 1) * len([r for r in runs if not r.get("once")])
-  done = 0
   for rep in range(reps):
-    if rep and budget and (time.time() - started) / 60 > budget:
-      log(f"time budget of {budget} min spent: stopping after {rep} rounds")
+    if rep and args.budget_min and (time.time() - started) / 60 > args.budget_min:
+      log(f"time budget of {args.budget_min} min spent: stopping after {rep} rounds")
       break
     order = [r for r in runs if rep == 0 or not r.get("once")]
     random.Random(rep).shuffle(order)
     if rep == 0:  # B0 at the big size first: the reference for every check
       order.sort(key=lambda r: not (r["system"] == "b0" and r["n"] == big))
     for run in order:
-      spec = dict({k: v for k, v in run.items() if k != "once"}, rep=rep, workdir=args.workdir,
-                  out=os.path.join(args.workdir, "out", run["name"].replace("/", "_")
+      spec = dict({k: v for k, v in run.items() if k != "once"}, rep=rep, workdir=workdir,
+                  out=os.path.join(workdir, "out", run["name"].replace("/", "_")
                                    + f"_{run['n']}"))
       spec.setdefault("beam_args", [])
       if run.get("gate"):
@@ -363,14 +254,13 @@ def main(argv=None):
       record = run_one(spec, timeout=900, log=log)
       record["kind"], record["system"] = run["kind"], run["system"]
       data["runs"].append(record)
-      done += 1
-      log(f"({done}/{total}) rep {rep} {run['name']:34s} n={run['n']:>7,} "
+      log(f"({len(data['runs'])}/{total}) rep {rep} {run['name']:34s} n={run['n']:>7,} "
           f"job {record.get('job_s', float('nan')):7.2f}s  "
           f"rss {record['peak_rss_mb']:6.0f}MB  others {record['foreign_cpu_s']:5.1f}cpu-s")
       if rep == 0 and run["system"] in ("b0", "tfdata", "naive", "tfcascade") \
           and run["n"] and "error" not in record:
         # Every dataset is a prefix of the big one: B0's big run is the reference.
-        ref = os.path.join(args.workdir, "out", f"{run['kind']}_b0_{big}.npz")
+        ref = os.path.join(workdir, "out", f"{run['kind']}_b0_{big}.npz")
         try:
           check = verify(spec, ref)
         except Exception as e:  # pylint: disable=broad-except; reported, not fatal
@@ -379,12 +269,10 @@ def main(argv=None):
         if not check.get("ok"):
           log(f"  OUTPUT CHECK FAILED: {check}")
       data["elapsed_s"] = time.time() - started
-      with open(results_json, "w") as f:
-        json.dump(data, f, indent=1)
+      _save(data, results_json)
     data["reps_done"] = rep + 1
   data["elapsed_s"] = time.time() - started
-  with open(results_json, "w") as f:
-    json.dump(data, f, indent=1)
+  _save(data, results_json)
   _write_reports(data, results_md, args.quick)
   print(report.headline(data))
 

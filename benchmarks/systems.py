@@ -1,27 +1,15 @@
 """One benchmark run in a fresh process: `python -m benchmarks.systems SPEC_JSON`.
 
-Every run is its own process so that start-up, peak RSS and TensorFlow's
-thread pools are measured from scratch; the driver (benchmarks.run) samples
-the process tree's RSS from outside. The last stdout line is
-`BENCH_RESULT {json}` with:
-
-  tf_import_s: seconds to `import tensorflow` in this process;
-  job_s:       seconds from then to the end of the work (everything the
-               system does beyond importing TF: imports, graph, restore,
-               reading, scoring, writing); what the driver times;
-  plus system-specific breakdowns.
-
-Systems:
-  b0:        physical limit: pre-parsed numpy, one session, A -> B in-graph.
-  roofline:  GFLOP/s of big matmuls in the same session config.
-  tfdata:    T0: TFRecordDataset -> batch -> parse_example -> A -> B, one
-             process, writing nothing (gzip layout: GZIP TFRecordDataset).
-  naive:     Beam ReadFromTFRecord -> Python parse -> RunInference(A) ->
-             RunInference(B) -> WriteToTFRecord (custom ModelHandlers).
-  tfcascade: pipeline.job.run on a generated config.
-  startup:   tfcascade's start-up pieces timed one by one, and the RSS a
-             second CascadeSession adds (the memory measurement's control).
-  breakdown: CPU per row of each piece of the hot path (benchmarks.breakdown).
+A fresh process per run measures start-up, peak RSS (sampled from outside by
+benchmarks.run) and TF's thread pools from scratch. The last stdout line is
+`BENCH_RESULT {json}`: tf_import_s (`import tensorflow`), job_s (everything
+after it: imports, graph, restore, read, score, write) and each system's own
+pieces. Systems: b0 (pre-parsed numpy, one session, A -> B in-graph: the
+physical limit), roofline (matmul GFLOP/s, same session config), tfdata (T0:
+TFRecordDataset -> parse_example -> A -> B, writes nothing), naive (Beam's
+documented two-RunInference cascade), tfcascade (beam_job.run on
+workloads.job_config), startup (tfcascade's start-up pieces, and the RSS a
+second CascadeSession adds) and breakdown (benchmarks.breakdown).
 """
 
 from __future__ import annotations
@@ -33,6 +21,7 @@ T0 = time.perf_counter()
 import glob  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import shutil  # noqa: E402
 import sys  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -46,7 +35,7 @@ import numpy as np  # noqa: E402
 from benchmarks import workloads as w  # noqa: E402
 
 tf1 = tf.compat.v1
-BATCH = 1024
+BATCH = w.BATCH
 
 
 def _session_config(spec):
@@ -56,23 +45,26 @@ def _session_config(spec):
   before a system starts its clock."""
   from tfcascade.pipeline.config import JobConfig  # pylint: disable=g-import-not-at-top
   from tfcascade.transforms.engine.cascade import session_config  # pylint: disable=g-import-not-at-top
-  return session_config(JobConfig.model_validate(tfcascade_config(spec)).cascade_spec())
+  return session_config(JobConfig.model_validate(w.job_config(spec)).cascade_spec())
 
 
-def _build_pair(x, kind):
-  """A -> B in one graph, each under its own scope (classic recipe)."""
+def _pair_session(x, spec, config):
+  """A -> B on `x` in one graph, each under its own scope (classic recipe),
+  restored from their own checkpoints: (session, confidence, probs)."""
   with tf1.variable_scope("a"):
-    logits, confidence, va = w.build_a(x, kind)
+    logits, confidence, va = w.build_a(x, spec["kind"])
   with tf1.variable_scope("b"):
-    probs, vb = w.build_b(logits, kind)
-  return confidence, probs, {"a": ("a", va), "b": ("b", vb)}
+    probs, vb = w.build_b(logits, spec["kind"])
+  sess = tf1.Session(graph=x.graph, config=config)
+  w.restore_pair(sess, spec["kind"], spec["workdir"], {"a": ("a", va), "b": ("b", vb)})
+  return sess, confidence, probs
 
 
-def _save_verify(path, ids, probs, confidence=None, ran=None):
-  if path:
-    np.savez(path, ids=ids, probs=probs,
-             confidence=confidence if confidence is not None else np.zeros(0),
-             ran=ran if ran is not None else np.zeros(0))
+def _save_verify(spec, ids, outs, probs_at, confidence_at):
+  """B's outputs per id (and A's confidence) for benchmarks.run's checks."""
+  if spec.get("verify"):
+    np.savez(spec["verify"], ids=ids, probs=np.concatenate([o[probs_at] for o in outs]),
+             confidence=np.concatenate([o[confidence_at] for o in outs]))
 
 
 def run_b0(spec):
@@ -82,9 +74,7 @@ def run_b0(spec):
   graph = tf.Graph()
   with graph.as_default():
     ph = tf1.placeholder(tf.float32, [None, w.FEATURE_DIM])
-    confidence, probs, scoped = _build_pair(ph, spec["kind"])
-    sess = tf1.Session(graph=graph, config=config)
-    w.restore_pair(sess, spec["kind"], spec["workdir"], scoped)
+    sess, confidence, probs = _pair_session(ph, spec, config)
     graph.finalize()
   from tensorflow.core.protobuf import config_pb2  # pylint: disable=g-import-not-at-top
   options = config_pb2.CallableOptions()
@@ -97,10 +87,7 @@ def run_b0(spec):
   for i in range(BATCH, len(x), BATCH):
     outs.append(call(x[i:i + BATCH]))
   end = time.perf_counter()
-  if spec.get("verify"):
-    _save_verify(spec["verify"], np.arange(len(x)),
-                 np.concatenate([o[0] for o in outs]),
-                 np.concatenate([o[1] for o in outs]))
+  _save_verify(spec, np.arange(len(x)), outs, 0, 1)
   return {"job_s": end - start, "setup_s": ready - start,
           "first_batch_s": first - ready, "loop_s": end - first}
 
@@ -133,11 +120,6 @@ def run_roofline(spec):
   return {"job_s": time.perf_counter() - T_TF, "gflops": results}
 
 
-def _parse_spec():
-  return {"id": tf.io.FixedLenFeature([], tf.string),
-          "x": tf.io.FixedLenFeature([w.FEATURE_DIM], tf.float32)}
-
-
 def run_tfdata(spec):
   config = _session_config(spec)
   start = time.perf_counter()
@@ -147,13 +129,13 @@ def run_tfdata(spec):
     ds = (tf.data.TFRecordDataset(
               files, "GZIP" if spec["layout"] == "gzip" else None)
           .batch(BATCH)
-          .map(lambda s: tf.io.parse_example(s, _parse_spec()),
+          .map(lambda s: tf.io.parse_example(s, {
+              "id": tf.io.FixedLenFeature([], tf.string),
+              "x": tf.io.FixedLenFeature([w.FEATURE_DIM], tf.float32)}),
                num_parallel_calls=tf.data.AUTOTUNE)
           .prefetch(tf.data.AUTOTUNE))
     batch = tf1.data.make_one_shot_iterator(ds).get_next()
-    confidence, probs, scoped = _build_pair(batch["x"], spec["kind"])
-    sess = tf1.Session(graph=graph, config=config)
-    w.restore_pair(sess, spec["kind"], spec["workdir"], scoped)
+    sess, confidence, probs = _pair_session(batch["x"], spec, config)
     fetch = [batch["id"], probs, confidence]
   ready = time.perf_counter()
   outs = []
@@ -163,10 +145,7 @@ def run_tfdata(spec):
     except tf.errors.OutOfRangeError:
       break
   end = time.perf_counter()
-  if spec.get("verify"):
-    ids = np.array([int(i[1:]) for o in outs for i in o[0]])
-    _save_verify(spec["verify"], ids, np.concatenate([o[1] for o in outs]),
-                 np.concatenate([o[2] for o in outs]))
+  _save_verify(spec, np.array([int(i[1:]) for o in outs for i in o[0]]), outs, 1, 2)
   return {"job_s": end - start, "setup_s": ready - start, "loop_s": end - ready,
           "rows": int(sum(len(o[0]) for o in outs))}
 
@@ -189,12 +168,7 @@ def run_naive(spec):
       self._config = session_config
 
     def load_model(self):
-      graph = tf.Graph()
-      with graph.as_default():
-        saver = tf1.train.import_meta_graph(os.path.join(self._dir, "model.meta"))
-        sess = tf1.Session(graph=graph, config=self._config)
-        saver.restore(sess, tf.train.latest_checkpoint(self._dir))
-      return sess
+      return w.load_model(self._dir, self._config)
 
     def run_inference(self, batch, model, inference_args=None):
       feed = {tensor: np.stack([row[key] for row in batch])
@@ -232,7 +206,8 @@ def run_naive(spec):
     })).SerializeToString()
 
   out_dir = spec["out"]
-  _clear(out_dir)
+  shutil.rmtree(out_dir, ignore_errors=True)
+  os.makedirs(out_dir, exist_ok=True)
   pattern = w.data_paths(workdir, spec["n"])[spec["layout"]]
   options = PipelineOptions(spec["beam_args"])
   with beam.Pipeline(options=options) as p:
@@ -248,57 +223,8 @@ def run_naive(spec):
   return {"job_s": time.perf_counter() - start}
 
 
-def _clear(path):
-  import shutil  # pylint: disable=g-import-not-at-top
-  shutil.rmtree(path, ignore_errors=True)
-  os.makedirs(path, exist_ok=True)
-
-
-def tfcascade_config(spec) -> dict:
-  """The job config for a spec (also written next to the output)."""
-  workdir, kind = spec["workdir"], spec["kind"]
-  n = spec["n"]
-  pattern = (w.data_paths(workdir, n)[spec.get("layout", "sharded")]
-             if n else os.path.join(w.data_paths(workdir, 1024)["dir"], "*.tfrecord"))
-  stage_b = {
-      "name": "b", "checkpoint": w.model_dir(workdir, kind, "b"),
-      "meta_graph": os.path.join(w.model_dir(workdir, kind, "b"), "model.meta"),
-      "inputs": {"input:0": "a.logits"},
-      "outputs": {"probs": "probs:0"}}
-  if spec.get("gate"):
-    stage_b["run_if"] = f"a.confidence < {spec['threshold']!r}"
-  config = {
-      "input": {"pattern": pattern,
-                "compression": "gzip" if spec.get("layout") == "gzip" else "none",
-                "features": {"id": {"dtype": "string"},
-                             "x": {"dtype": "float32", "shape": [w.FEATURE_DIM]}}},
-      "stages": [
-          {"name": "a", "checkpoint": w.model_dir(workdir, kind, "a"),
-           "meta_graph": os.path.join(w.model_dir(workdir, kind, "a"), "model.meta"),
-           "inputs": {"input:0": "features.x"},
-           "outputs": {"logits": "logits:0", "confidence": "confidence:0"}},
-          stage_b],
-      "output": {"path": os.path.join(spec["out"], "predictions"),
-                 "format": "tfrecord", "passthrough": ["id"],
-                 "compression": "gzip" if spec.get("layout") == "gzip" else "none"},
-      "batch_size": BATCH,
-  }
-  if spec.get("split_bytes"):
-    config["input"]["split_bytes"] = spec["split_bytes"]
-  return config
-
-
-def _write_config(spec) -> str:
-  import yaml  # pylint: disable=g-import-not-at-top
-  os.makedirs(spec["out"], exist_ok=True)
-  path = os.path.join(spec["out"], "job.yaml")
-  with open(path, "w") as f:
-    yaml.safe_dump(tfcascade_config(spec), f, sort_keys=False)
-  return path
-
-
 def run_tfcascade(spec):
-  path = _write_config(spec)  # before the clock: the user's file exists
+  path = w.write_job_config(spec)  # before the clock: the user's file exists
   start = time.perf_counter()
   from tfcascade.pipeline.config import load_config  # pylint: disable=g-import-not-at-top
   from tfcascade.pipeline.beam_job import run  # pylint: disable=g-import-not-at-top
@@ -312,7 +238,8 @@ def run_tfcascade(spec):
 
 def run_startup(spec):
   """tfcascade's start-up beyond `import tensorflow`, piece by piece."""
-  path = _write_config(spec)
+  import psutil  # pylint: disable=g-import-not-at-top; not timed
+  path = w.write_job_config(spec)
   t = [time.perf_counter()]
   import apache_beam  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   from tfcascade.pipeline.config import load_config  # pylint: disable=g-import-not-at-top
@@ -332,20 +259,15 @@ def run_startup(spec):
   t.append(time.perf_counter())
   # The memory control: what a second copy of the models costs in RSS, so the
   # 1-vs-4-threads comparison can show it would have seen one.
-  rss_one = _rss()
+  rss_one = psutil.Process().memory_info().rss
   second = CascadeSession(config.cascade_spec())
   second.run([r for _, r in chunk])
-  second_session_mb = (_rss() - rss_one) / 2**20
+  second_session_mb = (psutil.Process().memory_info().rss - rss_one) / 2**20
   second.close()
   session.close()
   return {"job_s": t[-1] - t[0], "imports_s": t[1] - t[0],
           "preflight_s": t[2] - t[1], "session_s": t[3] - t[2],
           "first_batch_s": t[4] - t[3], "second_session_mb": second_session_mb}
-
-
-def _rss():
-  import psutil  # pylint: disable=g-import-not-at-top
-  return psutil.Process().memory_info().rss
 
 
 def run_breakdown(spec):

@@ -22,6 +22,7 @@ import tensorflow as tf
 tf1 = tf.compat.v1
 
 FEATURE_DIM = 64
+BATCH = 1024  # rows per session call, for every system
 SHARDS = 4
 DATA_SEED = 20261125
 DATA_VERSION = 2  # bump when the data layout changes, to rebuild caches
@@ -170,6 +171,47 @@ def data_paths(workdir, n) -> Dict[str, str]:
           "dir": base}
 
 
+def job_config(spec) -> dict:
+  """tfcascade's job config for a run spec (workdir, kind, n, out, and
+  optionally layout, gate + threshold, split_bytes); n = 0: the one-batch file."""
+  workdir, kind, n = spec["workdir"], spec["kind"], spec["n"]
+  compression = "gzip" if spec.get("layout") == "gzip" else "none"
+  pattern = (data_paths(workdir, n)[spec.get("layout", "sharded")]
+             if n else os.path.join(data_paths(workdir, 1024)["dir"], "*.tfrecord"))
+
+  def stage(role, inputs, outputs):
+    return {"name": role, "checkpoint": model_dir(workdir, kind, role),
+            "meta_graph": os.path.join(model_dir(workdir, kind, role), "model.meta"),
+            "inputs": inputs, "outputs": outputs}
+
+  stage_b = stage("b", {"input:0": "a.logits"}, {"probs": "probs:0"})
+  if spec.get("gate"):
+    stage_b["run_if"] = f"a.confidence < {spec['threshold']!r}"
+  config = {
+      "input": {"pattern": pattern, "compression": compression,
+                "features": {"id": {"dtype": "string"},
+                             "x": {"dtype": "float32", "shape": [FEATURE_DIM]}}},
+      "stages": [stage("a", {"input:0": "features.x"},
+                       {"logits": "logits:0", "confidence": "confidence:0"}), stage_b],
+      "output": {"path": os.path.join(spec["out"], "predictions"), "format": "tfrecord",
+                 "passthrough": ["id"], "compression": compression},
+      "batch_size": BATCH,
+  }
+  if spec.get("split_bytes"):
+    config["input"]["split_bytes"] = spec["split_bytes"]
+  return config
+
+
+def write_job_config(spec) -> str:
+  """Writes job_config(spec) to <out>/job.yaml; returns its path."""
+  import yaml  # pylint: disable=g-import-not-at-top
+  os.makedirs(spec["out"], exist_ok=True)
+  path = os.path.join(spec["out"], "job.yaml")
+  with open(path, "w") as f:
+    yaml.safe_dump(job_config(spec), f, sort_keys=False)
+  return path
+
+
 def prepare(workdir: str, sizes: List[int], log=print) -> dict:
   """Writes (or reuses) data and models; returns the manifest."""
   manifest_path = os.path.join(workdir, "manifest.json")
@@ -216,16 +258,21 @@ def prepare(workdir: str, sizes: List[int], log=print) -> dict:
   return manifest
 
 
+def load_model(model_dir_: str, config=None):
+  """A session holding one saved model, from its own .meta and checkpoint."""
+  graph = tf.Graph()
+  with graph.as_default():
+    saver = tf1.train.import_meta_graph(os.path.join(model_dir_, "model.meta"))
+    sess = tf1.Session(graph=graph, config=config)
+    saver.restore(sess, tf.train.latest_checkpoint(model_dir_))
+  return sess
+
+
 def a_confidence(workdir, kind, x) -> np.ndarray:
   """A's confidence on x, from A's own checkpoint in its own graph."""
-  graph = tf.Graph()
-  with graph.as_default(), tf1.Session(graph=graph) as sess:
-    saver = tf1.train.import_meta_graph(
-        os.path.join(model_dir(workdir, kind, "a"), "model.meta"))
-    saver.restore(sess, tf.train.latest_checkpoint(model_dir(workdir, kind, "a")))
-    return np.concatenate([
-        sess.run("confidence:0", {"input:0": x[i:i + 8192]})
-        for i in range(0, len(x), 8192)])
+  with load_model(model_dir(workdir, kind, "a")) as sess:
+    return np.concatenate([sess.run("confidence:0", {"input:0": x[i:i + 8192]})
+                           for i in range(0, len(x), 8192)])
 
 
 def gate_thresholds(workdir, x) -> dict:

@@ -3,7 +3,7 @@
 A GPU job is often launched from a machine without a GPU (a laptop, the
 Dataflow Flex Template launcher) for workers that have one: the launcher
 checks the device only when the workers run on its own machine; otherwise
-each worker checks before it opens its session (transforms/devices.py).
+each worker checks before it opens its session (transforms/gpu_check.py).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ def handler_from_config(path: str, overrides: Sequence[str] = (), *, check: bool
       config's batch_size).
 
   Raises:
-    pipeline.config.ConfigError, transforms.engine.CascadeError.
+    tfcascade.pipeline.config.ConfigError, tfcascade.transforms.engine.CascadeError.
   """
   config = load_config(path, overrides)
   spec = config.cascade_spec()

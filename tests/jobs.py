@@ -97,11 +97,13 @@ def check_against_oracle(out_dir, oracle):
     assert rid not in seen
     seen.add(rid)
     want = oracle[rid]
-    np.testing.assert_allclose(row["a/logits"], want["a/logits"], atol=1e-5)
-    np.testing.assert_allclose(row["a/confidence"], want["a/confidence"], atol=1e-5)
+    # float32 through sessions with other thread counts than the oracle's:
+    # sums in another order differ in the last bits (relative 1e-4 covers it).
+    np.testing.assert_allclose(row["a/logits"], want["a/logits"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(row["a/confidence"], want["a/confidence"], rtol=1e-4, atol=1e-5)
     assert row["b/ran"] == [want["b/ran"]]
     if want["b/ran"]:
-      np.testing.assert_allclose(row["b/probs"], want["b/probs"], atol=1e-5)
+      np.testing.assert_allclose(row["b/probs"], want["b/probs"], rtol=1e-4, atol=1e-5)
     else:
       assert row["b/probs"] == [0.0] * 10
   return rows

@@ -6,7 +6,7 @@ dead-lettered, exactly once, whatever the input throws at the job.
 - each kind of damaged TFRecord framing and gzip stream, under both
   `input.on_corrupt` policies, through the real job (also a byte-range split
   file);
-- hypothesis fuzz through `transforms.run_cascade._CascadeDoFn` (via
+- hypothesis fuzz through `transforms/beam/score_chunks.py`'s `_CascadeDoFn` (via
   `process_bundle`): mutated and malformed Example protos mixed with good ones
   over several chunks, checked record by record against an oracle (each model
   alone, in its own session); damaged framing bytes through the worker's
@@ -43,8 +43,9 @@ from tfcascade.transforms.formats import example_codec
 from tfcascade.transforms.beam import score_chunks as run_cascade
 from tfcascade.transforms.formats import tfrecord_framing as framing
 from tfcascade.transforms.engine import CascadeSpec, FeatureSpec, ModelSource, SessionSpec, StageSpec
-from tfcascade.transforms.reading.record_ranges import (QUARANTINE_TAG, READ_COUNTS_TAG, CorruptInputError,
-                             ReadRange, RecordChunk, _ReadChunks)
+from tfcascade.transforms.accounting import RunCounts
+from tfcascade.transforms.beam.read_chunks import QUARANTINE_TAG, READ_COUNTS_TAG, _ReadChunks
+from tfcascade.transforms.reading.record_ranges import CorruptInputError, ReadRange, RecordChunk
 from tfcascade.transforms.beam.score_chunks import COUNTS_TAG, DEAD_LETTER_TAG, _CascadeDoFn, process_bundle
 
 GATE = 0.99  # b runs where a.confidence < GATE (as in tests/jobs.py)
@@ -184,15 +185,14 @@ def _feature_values(feature):
 def _score(dofn, chunks):
   """Runs `chunks` as one bundle; returns (rows, dead letters, summed counts).
   Checks that every blob holds exactly the number of records it claims."""
-  rows, dead, counts = [], [], {}
+  rows, dead, counts = [], [], RunCounts()
   for output in process_bundle(dofn, chunks):
     if isinstance(output, beam.pvalue.TaggedOutput):
       if output.tag == DEAD_LETTER_TAG:
         dead.append(output.value)
       else:
         assert output.tag == COUNTS_TAG, output.tag
-        key, n = output.value
-        counts[key] = counts.get(key, 0) + n
+        counts.add(output.value)
       continue
     claimed, blob = output
     framed = [r for _, _, r in framing.iter_records(io.BytesIO(blob), "blob")]
@@ -231,12 +231,12 @@ def _check_bundle(inputs, rows, dead, counts, expect_written, expect_dead):
     assert len(by_id.get(rid, [])) == 1, f"{rid} written {len(by_id.get(rid, []))} times"
     _check_outputs(by_id[rid][0], want)
   # The counts the accounting and the summary use agree with what came out.
-  assert sum(n for k, n in counts.items() if k.startswith("dead_reason:")) == len(dead)
+  assert sum(counts.dead_reasons.values()) == len(dead)
   unparsed = sum(d["error"].startswith("record does not parse") for d in dead)
-  assert counts.get("rows_in/a", 0) == counts.get("rows_in/b", 0) == len(inputs) - unparsed
-  assert counts.get("rows_run/a", 0) == counts.get("rows_in/a", 0)
+  assert counts.rows_in["a"] == counts.rows_in["b"] == len(inputs) - unparsed
+  assert counts.rows_run["a"] == counts.rows_in["a"]
   ran = sum(r["b/ran"] == [1] for r in rows)
-  assert ran <= counts.get("rows_run/b", 0) <= ran + len(dead) - unparsed
+  assert ran <= counts.rows_run["b"] <= ran + len(dead) - unparsed
 
 
 @pytest.mark.parametrize("position", ["first", "middle", "last"])
@@ -712,7 +712,8 @@ def test_fuzzed_framing_is_read_as_a_prefix_and_accounted(dofn, fuzz_file, edits
   assert all(chunk.source == fuzz_file for chunk in chunks)
   k = len(got)
   assert got == list(enumerate(_FRAMED))[:k]  # exactly a prefix, in order
-  assert read_counts == [("records_read", k)]
+  assert [c.records_read for c in read_counts] == [k]
+  assert sum(c.quarantined[fuzz_file] for c in read_counts) == len(quarantine)
   assert len(quarantine) <= 1
   if quarantine:
     entry = quarantine[0]

@@ -33,7 +33,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01"
        b"\x08\x02\x00\x00\x00\x90wS\xde" + bytes(range(256)) * 4)
 TEXT = "this is a plain text file,\nnot a model and not a TFRecord\n"
-HAS_TUNE = os.path.exists(os.path.join(ROOT, "pipeline", "tune.py"))
 
 
 @dataclasses.dataclass
@@ -44,7 +43,6 @@ class Case:
   culprit: str
   codes: Tuple[int, ...] = (2,)
   needs_unreadable: bool = False
-  needs_tune: bool = False
 
 
 @dataclasses.dataclass
@@ -133,8 +131,7 @@ def _cases(job_config, f, tmp) -> List[Case]:
       if command == "tune":
         argv += ["--label", "label", "--out", str(tmp / "tune-out")]
       cases.append(Case(f"{command}-config-{name}", argv, path,
-                        needs_unreadable=name == "unreadable",
-                        needs_tune=command == "tune"))
+                        needs_unreadable=name == "unreadable"))
   # --- paths inside a good config, set with --set ----------------------------
   path_cases = [
       ("checkpoint-missing", ["stages.a.checkpoint=" + f["missing"]], f["missing"]),
@@ -182,7 +179,7 @@ def _cases(job_config, f, tmp) -> List[Case]:
                                              "--runner=DirectRunner"], f["png"]))
   cases.append(Case("tune-checkpoint-png", [  # skipped where tune does not exist
       "tune", "--config", job_config, "--label", "label", "--out", str(tmp / "t1"),
-      f"--set=stages.a.checkpoint={f['png']}"], f["png"], needs_tune=True))
+      f"--set=stages.a.checkpoint={f['png']}"], f["png"]))
   # --- inspect -----------------------------------------------------------------
   for name, path in [("missing", f["missing"]), ("png", f["png"]), ("text", f["text"]),
                      ("empty-dir", f["empty_dir"]), ("junk-dir", f["junk_dir"]),
@@ -222,8 +219,7 @@ def world(tmp_path_factory):
   files = _make_files(root)
   unreadable = _unreadable_blocks(files["unreadable"])
   cases = _cases(job["config"], files, root)
-  runnable = [c for c in cases if (unreadable or not c.needs_unreadable)
-              and (HAS_TUNE or not c.needs_tune)]
+  runnable = [c for c in cases if unreadable or not c.needs_unreadable]
   workers = max(2, min(6, (os.cpu_count() or 2) * 2))
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
     results = dict(zip([c.id for c in runnable],
@@ -254,8 +250,6 @@ def _error_lines(stderr: str) -> List[str]:
 @pytest.mark.parametrize("case_id", _case_ids())
 def test_bad_path_gives_one_line_and_no_traceback(world, case_id):
   case = world["cases"][case_id]
-  if case.needs_tune and not HAS_TUNE:
-    pytest.skip("no `tune` command in this tree")
   if case.needs_unreadable and not world["unreadable"]:
     pytest.skip("chmod 000 does not stop reads here (running as root): the "
                 "unreadable-file case cannot be tested on this machine")

@@ -72,10 +72,10 @@ def test_meta_graph_cascade_matches_oracle(models):
   with CascadeSession(_ab_spec(models)) as session:
     out = session.run(tm.make_examples(pixels))
   a_out, b_out = _oracle_ab(models, pixels)
-  np.testing.assert_allclose(out["a/logits"], a_out["logits"], atol=1e-5)
-  np.testing.assert_allclose(out["a/confidence"], a_out["confidence"], atol=1e-5)
-  np.testing.assert_allclose(out["b/probs"], b_out["probs"], atol=1e-5)
-  assert out["b/rows_run"] == len(pixels)
+  np.testing.assert_allclose(out.outputs["a/logits"], a_out["logits"], atol=1e-5)
+  np.testing.assert_allclose(out.outputs["a/confidence"], a_out["confidence"], atol=1e-5)
+  np.testing.assert_allclose(out.outputs["b/probs"], b_out["probs"], atol=1e-5)
+  assert out.rows_run["b"] == len(pixels)
 
 
 @pytest.mark.parametrize("second_model", ["a_ref", "a2"])
@@ -91,8 +91,8 @@ def test_same_names_different_weights_stay_isolated(models, second_model):
   first = tm.oracle_meta_graph(models["a1"], {"input:0": pixels}, "logits:0")
   second = tm.oracle_meta_graph(models[second_model], {"input:0": pixels}, "logits:0")
   assert not np.allclose(first, second)
-  np.testing.assert_allclose(out["first/logits"], first, atol=1e-5)
-  np.testing.assert_allclose(out["second/logits"], second, atol=1e-5)
+  np.testing.assert_allclose(out.outputs["first/logits"], first, atol=1e-5)
+  np.testing.assert_allclose(out.outputs["second/logits"], second, atol=1e-5)
 
 
 @pytest.mark.parametrize("ckpt", ["builder_bare", "builder_scoped"])
@@ -116,7 +116,7 @@ def test_builder_source_matches_oracle(models, ckpt):
       built = tm.linear_builder({"pixels": x})
     tf.compat.v1.train.Saver().restore(sess, tf.train.latest_checkpoint(models[ckpt]))
     expected = sess.run(built["logits"], {x: pixels})
-  np.testing.assert_allclose(out["a/logits"], expected, atol=1e-5)
+  np.testing.assert_allclose(out.outputs["a/logits"], expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("sm", ["sm1", "sm2"])
@@ -133,8 +133,8 @@ def test_saved_model_source_matches_oracle(models, sm):
   with CascadeSession(spec) as session:
     out = session.run(tm.make_examples(pixels))
   expected = tm.oracle_saved_model(models[sm], {"pixels": pixels}, ["logits"])
-  np.testing.assert_allclose(out["a/logits"], expected["logits"], atol=1e-5)
-  np.testing.assert_allclose(out["a_again/logits"], expected["logits"], atol=1e-5)
+  np.testing.assert_allclose(out.outputs["a/logits"], expected["logits"], atol=1e-5)
+  np.testing.assert_allclose(out.outputs["a_again/logits"], expected["logits"], atol=1e-5)
 
 
 @pytest.mark.parametrize("threshold", [-1.0, 0.9999, 2.0])
@@ -145,12 +145,12 @@ def test_gate_runs_only_passing_rows(models, threshold):
   spec = _ab_spec(models, run_if=f"a.confidence < {threshold}")
   with CascadeSession(spec) as session:
     gated = session.run(tm.make_examples(pixels))
-  passing = ungated["a/confidence"] < threshold
-  np.testing.assert_array_equal(gated["b/ran"], passing.astype(np.int64))
-  assert gated["b/rows_run"] == passing.sum()
-  np.testing.assert_allclose(gated["b/probs"][passing], ungated["b/probs"][passing],
+  passing = ungated.outputs["a/confidence"] < threshold
+  np.testing.assert_array_equal(gated.outputs["b/ran"], passing.astype(np.int64))
+  assert gated.rows_run["b"] == passing.sum()
+  np.testing.assert_allclose(gated.outputs["b/probs"][passing], ungated.outputs["b/probs"][passing],
                              atol=1e-5)
-  np.testing.assert_array_equal(gated["b/probs"][~passing], 0.0)
+  np.testing.assert_array_equal(gated.outputs["b/probs"][~passing], 0.0)
 
 
 def test_gate_fill_value(models):
@@ -160,8 +160,8 @@ def test_gate_fill_value(models):
       **{**spec.stages[1].__dict__, "fill_value": -1.0})))
   with CascadeSession(spec) as session:
     out = session.run(tm.make_examples(pixels))
-  assert out["b/rows_run"] == 0
-  np.testing.assert_array_equal(out["b/probs"], -1.0)
+  assert out.rows_run["b"] == 0
+  np.testing.assert_array_equal(out.outputs["b/probs"], -1.0)
 
 
 def test_three_stage_cascade(models):
@@ -172,7 +172,7 @@ def test_three_stage_cascade(models):
     out = session.run(tm.make_examples(pixels))
   _, b_out = _oracle_ab(models, pixels)
   c_out = tm.oracle_meta_graph(models["c"], {"input:0": b_out["probs"]}, "logits:0")
-  np.testing.assert_allclose(out["c/logits"], c_out, atol=1e-5)
+  np.testing.assert_allclose(out.outputs["c/logits"], c_out, atol=1e-5)
 
 
 def test_concurrent_calls_match_single_thread(models):
@@ -185,8 +185,9 @@ def test_concurrent_calls_match_single_thread(models):
       for _ in range(3):
         parallel = list(pool.map(session.run, batches))
         for s, p in zip(serial, parallel):
-          for key in s:
-            np.testing.assert_array_equal(s[key], p[key])
+          assert s.rows_run == p.rows_run
+          for key in s.outputs:
+            np.testing.assert_array_equal(s.outputs[key], p.outputs[key])
 
 
 def test_plan_has_fingerprints_and_unused(models):

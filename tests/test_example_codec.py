@@ -1,4 +1,4 @@
-"""Tests for transforms.example_codec against TensorFlow's own protos/parser.
+"""Tests for transforms/formats/example_codec.py against TensorFlow's own protos/parser.
 
 The oracle is a tf.train.Example built with the ordinary protobuf API from the
 same values; the encoded bytes must parse to the same message (floats compared

@@ -1,4 +1,4 @@
-"""Tests for transforms.tfrecord_framing.
+"""Tests for transforms/formats/tfrecord_framing.py.
 
 Files are written by TensorFlow's own TFRecordWriter (an independent
 implementation), then damaged byte by byte. The index is checked against the

@@ -16,7 +16,9 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 from tests import tiny_models as tm
 from tfcascade.transforms.formats import tfrecord_framing as framing
 from tfcascade.transforms.engine import CascadeSpec, FeatureSpec, ModelSource, StageSpec
-from tfcascade.transforms.reading.record_ranges import ReadRecordChunks, RecordChunk
+from tfcascade.transforms.accounting import RunCounts
+from tfcascade.transforms.beam.read_chunks import ReadRecordChunks
+from tfcascade.transforms.reading.record_ranges import RecordChunk
 from tfcascade.transforms.beam.score_chunks import (COUNTS_TAG, DEAD_LETTER_TAG, RunCascade, _CascadeDoFn,
                                     process_bundle)
 
@@ -84,13 +86,12 @@ def test_run_cascade_outputs_blobs_dead_letters_and_counts(spec):
                 equal_to([20]))
     assert_that(scored[DEAD_LETTER_TAG] | beam.Map(lambda d: (d["source"], d["index"])),
                 equal_to([("src.tfrecord", 20)]), label="DeadLetters")
-    totals = scored[COUNTS_TAG] | beam.CombinePerKey(sum)
-    assert_that(totals | beam.Filter(lambda kv: kv[0] in ("rows_in/a", "rows_run/a")),
-                equal_to([("rows_in/a", 20), ("rows_run/a", 20)]), label="Counts")
-    reasons = totals | beam.Filter(lambda kv: kv[0].startswith("dead_reason:"))
-    assert_that(reasons | beam.Map(lambda kv: (kv[0].startswith(
-        "dead_reason:record does not parse"), kv[1])), equal_to([(True, 1)]),
-                label="DeadReasons")
+    totals = scored[COUNTS_TAG] | beam.CombineGlobally(RunCounts.total)
+    assert_that(totals | beam.Map(lambda c: (c.rows_in["a"], c.rows_run["a"])),
+                equal_to([(20, 20)]), label="Counts")
+    assert_that(totals | beam.Map(lambda c: [(r.startswith("record does not parse"), n)
+                                             for r, n in c.dead_reasons.items()]),
+                equal_to([[(True, 1)]]), label="DeadReasons")
 
 
 def _encoded_blobs(spec, output_format, records):
@@ -118,9 +119,11 @@ def test_run_cascade_outputs_equal_the_engine(spec):
   assert len(rows) == 30
   for i, row in enumerate(rows):
     assert row["id"].bytes_list.value[0] == f"id-{i}".encode()
-    np.testing.assert_array_equal(row["a/logits"].float_list.value, expected["a/logits"][i])
-    np.testing.assert_array_equal(row["b/probs"].float_list.value, expected["b/probs"][i])
-    assert row["b/ran"].int64_list.value[0] == expected["b/ran"][i]
+    np.testing.assert_array_equal(row["a/logits"].float_list.value,
+                                  expected.outputs["a/logits"][i])
+    np.testing.assert_array_equal(row["b/probs"].float_list.value,
+                                  expected.outputs["b/probs"][i])
+    assert row["b/ran"].int64_list.value[0] == expected.outputs["b/ran"][i]
 
 
 @pytest.fixture(scope="module")

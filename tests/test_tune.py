@@ -118,7 +118,7 @@ def test_the_printed_set_line_gives_the_recommended_share_and_accuracy(demo, res
                               sorted(map(str, (demo / "data").glob("*.tfrecord.gz")))],
                              RECORDS, 1 << 20)
   with CascadeSession(config.cascade_spec()) as session:
-    out = session.run(records)
+    out = session.run(records).outputs
   answer = np.where(out["b/ran"] == 1, out["b/prediction"], out["a/prediction"])
   assert out["b/ran"].mean() == pytest.approx(gate["recommended"]["share"], abs=1e-12)
   assert np.mean(answer == oracle["labels"]) == pytest.approx(

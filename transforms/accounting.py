@@ -37,6 +37,8 @@ class RunCounts:
     dead_reasons: dead-letter reason (shortened) -> records.
     quarantined: input file -> damaged ranges quarantined in it.
     files: staged files written by committed work.
+    records_resumed: of records_read, those a dead run of the same job had
+      already scored (its committed units, adopted by this run).
     sessions_opened: sessions opened (informative: run_metrics.json).
   """
   records_read: int = 0
@@ -45,6 +47,7 @@ class RunCounts:
   dead_reasons: collections.Counter = dataclasses.field(default_factory=_counter)
   quarantined: collections.Counter = dataclasses.field(default_factory=_counter)
   files: List[WrittenFile] = dataclasses.field(default_factory=list)
+  records_resumed: int = 0
   sessions_opened: int = 0
 
   def add(self, other: "RunCounts") -> "RunCounts":
@@ -55,6 +58,7 @@ class RunCounts:
     self.dead_reasons.update(other.dead_reasons)
     self.quarantined.update(other.quarantined)
     self.files.extend(other.files)
+    self.records_resumed += other.records_resumed
     self.sessions_opened += other.sessions_opened
     return self
 
@@ -70,3 +74,21 @@ class RunCounts:
   def records_in(self, kind: str) -> int:
     """Records in the committed files of one kind."""
     return sum(f.records for f in self.files if f.kind == kind)
+
+  def to_json(self) -> dict:
+    """A JSON-able dict (for unit commits); from_json reads it back."""
+    return {"records_read": self.records_read, "rows_in": dict(self.rows_in),
+            "rows_run": dict(self.rows_run), "dead_reasons": dict(self.dead_reasons),
+            "quarantined": dict(self.quarantined),
+            "files": [list(f) for f in self.files],
+            "sessions_opened": self.sessions_opened}
+
+  @classmethod
+  def from_json(cls, data: dict) -> "RunCounts":
+    return cls(records_read=int(data["records_read"]),
+               rows_in=collections.Counter(data["rows_in"]),
+               rows_run=collections.Counter(data["rows_run"]),
+               dead_reasons=collections.Counter(data["dead_reasons"]),
+               quarantined=collections.Counter(data["quarantined"]),
+               files=[WrittenFile(k, p, int(n)) for k, p, n in data["files"]],
+               sessions_opened=int(data.get("sessions_opened", 0)))

@@ -32,7 +32,7 @@ def where(_):
   # Which interpreter/venv runs this worker, and which copy of the project's
   # `transforms` package it would import (none when the worker lacks it).
   try:
-    import tfcascade.transforms
+    from tfcascade import transforms  # pylint: disable=g-import-not-at-top
     loc = getattr(transforms, "__file__", None) or list(transforms.__path__)[0]
   except ImportError:
     loc = "-"

@@ -69,7 +69,7 @@ class CascadeModelHandler(ModelHandler[bytes, PredictionResult, Any]):
     self._large_model = bool(large_model or model_copies)
     self._copies = model_copies
     self._env_vars = {}
-    self._stage_metrics = StageMetrics(s.name for s in spec.stages)
+    self._stage_metrics = None  # created on the first batch, once per handler
 
   @classmethod
   def from_spec(cls, spec: CascadeSpec, **kwargs) -> "CascadeModelHandler":
@@ -98,6 +98,8 @@ class CascadeModelHandler(ModelHandler[bytes, PredictionResult, Any]):
     """One session call for the batch; a PredictionResult per record."""
     records = list(batch)
     result = model.run(records)
+    if self._stage_metrics is None:
+      self._stage_metrics = StageMetrics(result.rows_run)
     self._stage_metrics.update({s: len(records) for s in result.rows_run},
                                result.rows_run)
     outputs = {**result.outputs,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import time
-from typing import TYPE_CHECKING, Dict, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from google.protobuf.message import DecodeError
@@ -153,8 +153,9 @@ class ChunkScorer:
     try:
       yield positions, self._timed_run(records, positions, out)
       return
-    except self._errors:
+    except self._errors as e:
       out.failed_calls += 1
+      error = e
     unparsed = self._unparseable(records, positions, out)
     if unparsed:
       dead.extend(unparsed)
@@ -164,9 +165,14 @@ class ChunkScorer:
         yield from self._run_isolating(records, rest, dead, out, chunk)
       return
     failures: List[Tuple[int, Exception]] = []
-    parts = list(self._bisect(records, positions, failures, out))
-    if len(failures) > 1 and not self._stage_ran(failures[0][1], parts):
-      raise self._stage_failed(failures[0][1], chunk, positions, len(failures))
+    parts = list(self._bisect(records, positions, failures, out, error))
+    # Judged per stage: rows failing one stage say nothing about another.
+    by_stage: Dict[Optional[str], list] = {}
+    for position, e in failures:
+      by_stage.setdefault(self._session.stage_of(e), []).append(e)
+    for stage, errors in by_stage.items():
+      if len(errors) > 1 and not self._stage_ran(stage, parts):
+        raise self._stage_failed(errors[0], chunk, positions, len(errors))
     dead.extend((p, self._model_reason(e)) for p, e in failures)
     yield from parts
 
@@ -190,25 +196,29 @@ class ChunkScorer:
     return (self._unparseable(records, positions[:middle], out)
             + self._unparseable(records, positions[middle:], out))
 
-  def _bisect(self, records, positions, failures, out):
+  def _bisect(self, records, positions, failures, out, error=None):
     """Runs the cascade on halves of records that all parse; yields the parts
-    that score, collects (position, error) of rows that fail alone."""
-    try:
-      yield positions, self._timed_run(records, positions, out)
-      return
-    except self._errors as e:
-      out.failed_calls += 1
-      if len(positions) == 1:
-        failures.append((int(positions[0]), e))
+    that score, collects (position, error) of rows that fail alone.
+    `error`: the error these positions already failed with (not run again)."""
+    if error is None:
+      try:
+        yield positions, self._timed_run(records, positions, out)
         return
+      except self._errors as e:
+        out.failed_calls += 1
+        error = e
+    if len(positions) == 1:
+      failures.append((int(positions[0]), error))
+      return
     middle = len(positions) // 2
     yield from self._bisect(records, positions[:middle], failures, out)
     yield from self._bisect(records, positions[middle:], failures, out)
 
-  def _stage_ran(self, error, parts) -> bool:
-    """Whether the failing stage ran on any row of the batch's good parts (for
-    a gated stage, rows its gate did not pass prove nothing)."""
-    stage = self._session.stage_of(error)
+  @staticmethod
+  def _stage_ran(stage: Optional[str], parts) -> bool:
+    """Whether the failing stage (None: unknown) ran on any row of the
+    batch's good parts (for a gated stage, rows its gate did not pass prove
+    nothing)."""
     if stage is None:
       return bool(parts)
     return any(result.rows_run.get(stage, 0) > 0 for _, result in parts)

@@ -24,6 +24,7 @@ from typing import Dict, Iterable, Iterator, Sequence, Tuple
 
 from tfcascade.transforms.accounting import RunCounts
 from tfcascade.transforms.formats.dead_letters import entry_line
+from tfcascade.transforms.gpu_check import check_device
 from tfcascade.transforms.publishing import output_layout as layout
 from tfcascade.transforms.publishing import run_registry
 from tfcascade.transforms.reading.record_ranges import ReadRange, RecordChunk, read_range
@@ -39,7 +40,7 @@ _LOCK = threading.Lock()
 @dataclasses.dataclass(frozen=True)
 class TaskConfig:
   """Everything a task needs; pickled into each task by the driver."""
-  spec: object  # transforms.engine.CascadeSpec
+  spec: object  # tfcascade.transforms.engine.CascadeSpec
   output_format: str
   passthrough: Sequence[str]
   reject_non_finite: bool
@@ -71,6 +72,7 @@ def _scorer(config: TaskConfig, cpus: int) -> Tuple[ChunkScorer, bool]:
     if key in _SCORERS:
       return _SCORERS[key], False
     from tfcascade.transforms.engine import CascadeSession  # pylint: disable=g-import-not-at-top
+    check_device(spec.session.device)  # gpu asked, none on this executor: fail, not crawl
     _SCORERS[key] = ChunkScorer(CascadeSession(spec), config.output_format,
                                 config.passthrough, config.reject_non_finite)
     return _SCORERS[key], True

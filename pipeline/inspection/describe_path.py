@@ -1,0 +1,103 @@
+"""`describe`: which kind of path this is, handed to the module that
+describes that kind (the order is in the package doc)."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import List
+
+from tfcascade.pipeline.inspection.checkpoint_info import describe_checkpoint
+from tfcascade.pipeline.inspection.inspect_io import (
+    EXPECTED, InspectError, exists, first_line, isdir, read_head)
+from tfcascade.pipeline.inspection.meta_graph_info import (
+    describe_meta_graph, looks_like_meta_graph)
+from tfcascade.pipeline.inspection.output_dir_info import describe_output
+from tfcascade.pipeline.inspection.saved_model_info import describe_saved_model
+from tfcascade.pipeline.inspection.tfrecord_info import TFRECORD_NAME, describe_tfrecords
+from tfcascade.transforms.publishing import output_layout as layout
+
+_SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+_CHECKPOINT_FILE = re.compile(r"^(.+)\.(index|data-\d+-of-\d+)$")
+
+
+def describe(path: str, label: str = "label") -> str:
+  """Returns a human-readable description of `path` (see the package doc).
+
+  Raises:
+    InspectError: one line naming the path, what was found there and what
+      was expected.
+  """
+  if _is_glob(path):
+    files = _glob(path)
+    if not files:
+      raise InspectError(f"{path}: no file matches; {EXPECTED}")
+    return describe_tfrecords(files)
+  if not exists(path):
+    if exists(path + ".index"):
+      return describe_checkpoint(path)
+    raise InspectError(f"{path}: no such file or directory; {EXPECTED}")
+  if isdir(path):
+    return _describe_directory(path, label)
+  name = os.path.basename(path)
+  if name in _SAVED_MODEL_FILES:
+    return describe_saved_model(os.path.dirname(path) or ".")
+  if _CHECKPOINT_FILE.match(name) or exists(path + ".index"):
+    return describe_checkpoint(path)
+  if name == "checkpoint":  # the checkpoint state file
+    return describe_checkpoint(os.path.dirname(path) or ".")
+  if name == layout.SUMMARY:
+    return describe_output(os.path.dirname(path) or ".", label)
+  head = read_head(path)
+  if name.endswith(".meta") or looks_like_meta_graph(path, head):
+    return describe_meta_graph(path)
+  return describe_tfrecords([path], head=head)
+
+
+def _is_glob(path: str) -> bool:
+  return any(c in path for c in "*?[")
+
+
+def _glob(pattern: str) -> List[str]:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    found = tf.io.gfile.glob(pattern)
+  except (tf.errors.OpError, OSError) as e:
+    raise InspectError(f"{pattern}: cannot list: {first_line(e)}") from e
+  return sorted(f for f in found if not f.endswith(".idx") and not isdir(f))
+
+
+def _describe_directory(path: str, label: str) -> str:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  join = os.path.join
+  try:
+    entries = sorted(tf.io.gfile.listdir(path))
+  except (tf.errors.OpError, OSError) as e:
+    raise InspectError(f"cannot list directory {path}: {first_line(e)}") from e
+  entries = [e.rstrip("/") for e in entries]
+  if any(e in _SAVED_MODEL_FILES for e in entries):
+    return describe_saved_model(path)
+  if layout.SUMMARY in entries or any(e.startswith(layout.PREDICTIONS + "-") for e in entries):
+    return describe_output(path, label)
+  metas = [e for e in entries if e.endswith(".meta")]
+  if "checkpoint" in entries or any(e.endswith(".index") for e in entries):
+    text = describe_checkpoint(path)
+    if len(metas) == 1:
+      text += "\n\n" + describe_meta_graph(join(path, metas[0]))
+    elif metas:
+      text += f"\n\n.meta files here (inspect one for its tensors): {', '.join(metas)}"
+    return text
+  if len(metas) == 1:
+    return describe_meta_graph(join(path, metas[0]))
+  records = [join(path, e) for e in entries if TFRECORD_NAME.search(e)
+             and not e.endswith(".idx") and not isdir(join(path, e))]
+  if records:
+    return describe_tfrecords(records)
+  if "variables" in entries and isdir(join(path, "variables")):
+    raise InspectError(f"{path}: a variables/ directory but no saved_model.pb: "
+                       f"not a complete SavedModel; {EXPECTED}")
+  shown = ", ".join(entries[:5]) + (f", ... ({len(entries) - 5} more)"
+                                    if len(entries) > 5 else "")
+  found = f"a directory holding {shown}" if entries else "an empty directory"
+  raise InspectError(f"{path}: {found}; {EXPECTED} (for TFRecord files in a "
+                     f"directory, give a glob: '{join(path, '*')}')")

@@ -1,0 +1,131 @@
+"""`tune()`: everything tune computes, as the dict written to tune.json.
+
+It checks the gates and predictions, reads the sample, runs the ungated
+cascade once, measures the costs and sweeps each gate (the steps of the
+package doc).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+from typing import List, Mapping, Optional, Sequence
+
+from tfcascade.pipeline.tune.sample_runs import (
+    DEFAULT_SAMPLE, measure_costs, read_sample, run_ungated, tune_spec)
+from tfcascade.pipeline.tune.stage_predictions import (
+    PREDICTION_OUTPUTS, class_ids, prediction_outputs)
+from tfcascade.pipeline.tune.threshold_sweep import (
+    ABOVE, BELOW, DEFAULT_POINTS, DEFAULT_TOLERANCE, Cascade, candidate_thresholds,
+    recommend, sweep_gate)
+from tfcascade.pipeline.tune.tune_error import TuneError
+from tfcascade.transforms.engine.gate import Gate, parse_gate
+from tfcascade.transforms.engine.spec import StageSpec
+
+
+def tune(config, label: str, sample: int = DEFAULT_SAMPLE,
+         target_accuracy: Optional[float] = None, predictions: Sequence[str] = (),
+         points: int = DEFAULT_POINTS, measure: bool = True,
+         records: Optional[Sequence[bytes]] = None) -> dict:
+  """Everything tune computes, as the dict written to tune.json.
+
+  Args:
+    config: a pipeline.config.JobConfig.
+    label: the int64 class feature.
+    sample: records to read.
+    target_accuracy: the accuracy the recommendation must reach; None: the
+      ungated cascade's minus DEFAULT_TOLERANCE.
+    predictions: --prediction `<stage>.<output>` choices.
+    points: thresholds per gate (about).
+    measure: time the stages (else rows_per_s is None).
+    records: use these serialized Examples instead of reading the input.
+
+  Raises:
+    TuneError, CascadeError, PreflightError: naming what is wrong.
+  """
+  spec = tune_spec(config.cascade_spec(), label)
+  stages = spec.stages
+  gates = {s.name: parse_gate(s.run_if) for s in stages if s.run_if}
+  if not gates:
+    raise TuneError("no stage has a run_if gate: nothing to tune")
+  unsweepable = [n for n, g in gates.items() if g.op not in BELOW + ABOVE]
+  if unsweepable:
+    raise TuneError(f"the gate of stage(s) {', '.join(unsweepable)} compares with "
+                    f"== or !=; tune sweeps <, <=, > and >= gates")
+  chosen = prediction_outputs(stages, predictions)
+  for name in gates:
+    if name not in chosen:
+      raise TuneError(f"stage '{name}' has no output named "
+                      f"{' / '.join(PREDICTION_OUTPUTS)}: name its prediction with "
+                      f"--prediction {name}.<output>")
+  first = stages[0].name
+  if first not in chosen:
+    raise TuneError(f"stage '{first}' has no output named "
+                    f"{' / '.join(PREDICTION_OUTPUTS)}: name its prediction with "
+                    f"--prediction {first}.<output>")
+  if records is None:
+    from tfcascade.pipeline.beam_job import match_inputs  # pylint: disable=g-import-not-at-top
+    records = read_sample(match_inputs(config), sample, config.input.max_record_bytes)
+  if not records:
+    raise TuneError("the input holds no records")
+  outputs = run_ungated(spec, records, config.batch_size)
+  labels = outputs.pop(f"passthrough/{label}").reshape(len(records))
+  predicted = {name: class_ids(outputs[f"{name}/{out}"], f"{name}.{out}")
+               for name, out in chosen.items()}
+  cascade = Cascade(stages, outputs, predicted, labels)
+  ungated_accuracy = cascade.accuracy(cascade.run({})[0])
+  target = (ungated_accuracy - DEFAULT_TOLERANCE if target_accuracy is None
+            else target_accuracy)
+
+  nothing, everything = {}, {}
+  for name, gate in gates.items():
+    values = cascade.gate_values(gate, {})
+    ends = candidate_thresholds(values, gate.op, points=1)
+    nothing[name] = dataclasses.replace(gate, threshold=ends[0])
+    everything[name] = dataclasses.replace(gate, threshold=ends[-1])
+  costs = (measure_costs(spec, records, config.batch_size, gates, nothing, everything)
+           if measure else None)
+
+  result = {
+      "label": label, "rows": cascade.rows,
+      "predictions": {name: f"{name}.{out}" for name, out in chosen.items()},
+      "accuracy_alone": {name: cascade.accuracy(p) for name, p in predicted.items()},
+      "ungated_accuracy": ungated_accuracy,
+      "target_accuracy": target,
+      "target_is_default": target_accuracy is None,
+      "costs": None if costs is None else {
+          "measured_on_rows": costs.rows,
+          "base_seconds": costs.base_seconds,
+          "stage_seconds": costs.stage_seconds,
+          "base_us_per_row": 1e6 * costs.base_seconds / costs.rows,
+          "stage_us_per_row": {n: 1e6 * s / costs.rows
+                               for n, s in costs.stage_seconds.items()}},
+      "warnings": _warnings(stages, gates),
+      "gates": [],
+  }
+  for name in gates:
+    stage = next(s for s in stages if s.name == name)
+    rows = sweep_gate(cascade, stage, gates, costs, points)
+    best, reached = recommend(rows, target)
+    current = next(r for r in rows if r["current"])
+    for r in rows:
+      r["recommended"] = r is best
+    result["gates"].append({
+        "stage": name, "reference": gates[name].reference, "op": gates[name].op,
+        "current": current, "recommended": best, "target_reached": reached,
+        "set": "--set " + shlex.quote(f"stages.{name}.run_if={best['run_if']}"),
+        "rows": rows})
+  return result
+
+
+def _warnings(stages: Sequence[StageSpec], gates: Mapping[str, Gate]) -> List[str]:
+  """Where emulating on ungated outputs differs from the real cascade."""
+  found = []
+  for s in stages:
+    for ref in s.inputs.values():
+      head = ref.split(".")[0]
+      if head in gates:
+        found.append(f"stage '{s.name}' reads {ref} of gated stage '{head}': tune "
+                     f"gives it {head}'s real outputs on every row; the real cascade "
+                     f"feeds it {head}'s fill_value on rows {head} did not run on")
+  return found
