@@ -7,8 +7,10 @@ passes, wall and process CPU (TF's pool threads included): read (the job's
 framing reader, 2 CRCs, in batch_size chunks), read-gzip (same, gzip copy),
 read-tfdata (tf.data's C++ reader, records turned into the Python bytes the
 scorer needs: the alternative, not used), score (CascadeSession.run alone),
-dofn (the job's own cascade DoFn over the chunks, via process_bundle),
-write (ShardWriter appending the DoFn's blobs).
+dofn (what a unit of work runs per chunk beyond reading and writing: the
+job's ChunkScorer, i.e. the session call, bad-record isolation and
+encoding; the key keeps its name from when a DoFn did it), write
+(ShardWriter appending the encoded blobs).
 """
 
 from __future__ import annotations
@@ -22,14 +24,12 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from apache_beam.utils import shared  # noqa: E402
-
 from benchmarks import workloads  # noqa: E402  (imports TF)
 from tfcascade.pipeline.config import JobConfig  # noqa: E402
 from tfcascade.transforms.formats import tfrecord_framing as framing  # noqa: E402
 from tfcascade.transforms.engine import CascadeSession  # noqa: E402
 from tfcascade.transforms.reading.record_ranges import RecordChunk  # noqa: E402
-from tfcascade.transforms.beam.score_chunks import _CascadeDoFn, process_bundle  # noqa: E402  pylint: disable=protected-access
+from tfcascade.transforms.scoring.chunk_scorer import ChunkScorer  # noqa: E402
 from tfcascade.transforms.writing.shard_writer import ShardWriter  # noqa: E402
 
 PIECES = ("read", "read-gzip", "read-tfdata", "score", "dofn", "write")
@@ -50,7 +50,7 @@ class _Clock:
     return result
 
 
-def one_pass(clock, config, files, gzip_files, session, dofn, scratch):
+def one_pass(clock, config, files, gzip_files, session, scorer, scratch):
   """Times every piece once over all files; returns the rows processed."""
   chunks = clock.time("read", lambda: [
       RecordChunk(f, c) for f in files for c in framing.read_record_chunks(
@@ -61,9 +61,8 @@ def one_pass(clock, config, files, gzip_files, session, dofn, scratch):
   clock.time("read-tfdata", lambda: _read_tfdata(files, config.batch_size))
   clock.time("score", lambda: [session.run([r for _, r in c.records])
                                for c in chunks])
-  outputs = clock.time("dofn", lambda: process_bundle(dofn, chunks))
-  # The main output is (records, blob); tagged ones are counts and dead letters.
-  blobs = [o for o in outputs if isinstance(o, tuple)]
+  scored = clock.time("dofn", lambda: [scorer.score(c) for c in chunks])
+  blobs = [blob for s in scored for blob in s.blobs]
   clock.time("write", lambda: _write(blobs, scratch))
   return sum(len(c.records) for c in chunks)
 
@@ -106,15 +105,13 @@ def measure(workdir, kind, n, passes=3):
     raise SystemExit(f"no data at {config.input_patterns[0]}: run "
                      f"`python -m benchmarks.run` first")
   session = CascadeSession(config.cascade_spec())
-  # The DoFn RunCascade builds for this config, set up outside a pipeline.
-  dofn = _CascadeDoFn(config.cascade_spec(), shared.Shared(), config.output.format,
-                      config.output.passthrough, config.dead_letter.non_finite_outputs)
-  dofn.setup()
+  # The scorer a unit of work builds for this config, on the same session.
+  scorer = ChunkScorer(session, config.output.format, config.output.passthrough,
+                       config.dead_letter.non_finite_outputs)
   clock = _Clock()
   with tempfile.TemporaryDirectory(prefix="tfcascade-breakdown-") as tmp:
     for _ in range(passes):
-      rows = one_pass(clock, config, files, gzip_files, session, dofn, tmp)
-  dofn.teardown()
+      rows = one_pass(clock, config, files, gzip_files, session, scorer, tmp)
   session.close()
   return {"rows": rows, "passes": passes, "us_per_row": summarize(clock, rows)}
 

@@ -243,12 +243,12 @@ def run_startup(spec):
   t = [time.perf_counter()]
   import apache_beam  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   from tfcascade.pipeline.config import load_config  # pylint: disable=g-import-not-at-top
-  from tfcascade.pipeline import beam_job as job  # pylint: disable=g-import-not-at-top
+  from tfcascade.pipeline import run_plan  # pylint: disable=g-import-not-at-top
   from tfcascade.transforms.formats import tfrecord_framing as framing  # pylint: disable=g-import-not-at-top
   from tfcascade.transforms.engine import CascadeSession  # pylint: disable=g-import-not-at-top
   t.append(time.perf_counter())
   config = load_config(path)
-  job.preflight(config)  # the launcher's checks (builds the graph once)
+  run_plan.preflight(config)  # the launcher's checks (builds the graph once)
   t.append(time.perf_counter())
   session = CascadeSession(config.cascade_spec())
   t.append(time.perf_counter())

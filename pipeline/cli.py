@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
   config_args(run)
   run.add_argument("--overwrite", action="store_true",
                    help="replace a complete output already at output.path")
+  run.add_argument("--no-resume", dest="resume", action="store_false",
+                   help="do not reuse the units a dead run of the same job "
+                        "committed; score every record again")
   run.add_argument("--engine", choices=("beam", "spark"), default="beam",
                    help="beam (default) or spark")
   run.add_argument("--master", default=None,

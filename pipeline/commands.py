@@ -57,9 +57,9 @@ def _output_path_problem(path: str):
 
 def _print_plan(config, pre) -> None:
   print(f"inputs: {len(pre.files)} file(s), "
-        f"{sum(size for _, _, size in pre.files):,} bytes")
-  for path, compression, size in pre.files[:5]:
-    print(f"  {path} ({compression}, {size:,} bytes)")
+        f"{sum(f.size for f in pre.files):,} bytes")
+  for f in pre.files[:5]:
+    print(f"  {f.path} ({f.compression}, {f.size:,} bytes)")
   if len(pre.files) > 5:
     print(f"  ... and {len(pre.files) - 5} more")
   for p in pre.plan:
@@ -76,7 +76,7 @@ def _print_plan(config, pre) -> None:
 
 
 def _preflight(config):
-  from tfcascade.pipeline.beam_job import PreflightError, preflight  # pylint: disable=g-import-not-at-top
+  from tfcascade.pipeline.run_plan import PreflightError, preflight  # pylint: disable=g-import-not-at-top
   from tfcascade.transforms.engine import CascadeError  # pylint: disable=g-import-not-at-top
   try:
     return preflight(config), None
@@ -100,6 +100,10 @@ def run(args, beam_args) -> int:
     summary = _run_engine(args, beam_args, config, pre)
   except (run_start.OutputExistsError, run_start.RunInProgressError, _Refused) as e:
     return _refused(str(e))
+  except run_start.AlreadyComplete as e:
+    print(f"{e}; {config.output_path} is complete, nothing left to run")
+    print(format_summary(e.summary))
+    return exit_codes.OK
   except Exception as e:  # the pipeline failed on a worker; name it plainly
     _LOG.debug("run failed", exc_info=True)  # the traceback with --verbose
     print(f"tfcascade: run FAILED: {_root_cause(e)}", file=sys.stderr)
@@ -123,7 +127,8 @@ def _run_engine(args, beam_args, config, pre):
   if args.engine == "beam":
     if args.master or args.spark_conf:
       raise _Refused("--master and --spark-conf need --engine spark")
-    return beam_job.run(config, beam_args, overwrite=args.overwrite, pre=pre)
+    return beam_job.run(config, beam_args, overwrite=args.overwrite, pre=pre,
+                        resume=args.resume)
   if beam_args:
     raise _Refused(f"unrecognized arguments with --engine spark: "
                    f"{' '.join(beam_args)} (Beam flags need --engine beam)")
@@ -138,17 +143,20 @@ def _run_engine(args, beam_args, config, pre):
     raise _Refused(str(e)) from e
   return spark_job.run(config, overwrite=args.overwrite,
                        master=args.master or spark_job.DEFAULT_MASTER,
-                       spark_conf=conf, pre=pre)
+                       spark_conf=conf, pre=pre, resume=args.resume)
 
 
 def _root_cause(error: BaseException) -> str:
   """Beam wraps worker errors several times; our own error's line says most."""
-  from tfcascade.transforms.reading.record_ranges import CorruptInputError  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.reading.record_ranges import CorruptInputError, InputChangedError  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.engine.pinning import ModelChangedError  # pylint: disable=g-import-not-at-top
   from tfcascade.transforms.gpu_check import DeviceError  # pylint: disable=g-import-not-at-top
   from tfcascade.transforms.scoring.chunk_scorer import StageFailedError  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.writing.shard_writer import OutputWriteError  # pylint: disable=g-import-not-at-top
   # Errors a worker raises on purpose: their message names the culprit.
-  ours = (CorruptInputError, StageFailedError, DeviceError, finalize.AccountingError,
-          finalize.RejectionError, finalize.ConcurrentRunError)
+  ours = (CorruptInputError, InputChangedError, ModelChangedError, StageFailedError,
+          DeviceError, OutputWriteError, finalize.AccountingError, finalize.RejectionError,
+          finalize.ConcurrentRunError)
   text = str(error)
   markers = [f"{cls.__name__}: " for cls in ours]
   found = [text.rindex(marker) for marker in markers if marker in text]
@@ -188,7 +196,8 @@ def _score_sample(config, pre, n):
   from tfcascade.pipeline.inspection import read_records  # pylint: disable=g-import-not-at-top
   from tfcascade.transforms.formats import tfrecord_framing as framing  # pylint: disable=g-import-not-at-top
   from tfcascade.transforms.engine import CascadeSession  # pylint: disable=g-import-not-at-top
-  path, compression, _ = next(((p, c, s) for p, c, s in pre.files if s), (None, None, 0))
+  path, compression = next(((f.path, f.compression) for f in pre.files if f.size),
+                           (None, None))
   if path is None:
     return None
   try:

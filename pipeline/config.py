@@ -21,7 +21,8 @@ from tfcascade.transforms.writing.encoders import ENCODERS
 from tfcascade.transforms.engine.spec import (DEVICES, FEATURE_DTYPES, SOURCE_TYPES,
                                     CascadeSpec, FeatureSpec, ModelSource,
                                     SessionSpec, StageSpec)
-from tfcascade.transforms.formats.tfrecord_framing import COMPRESSIONS, DEFAULT_MAX_RECORD_BYTES
+from tfcascade.transforms.formats.tfrecord_framing import (COMPRESSIONS, DEFAULT_BATCH_BYTES,
+                                                      DEFAULT_MAX_RECORD_BYTES)
 
 
 class ConfigError(ValueError):
@@ -119,6 +120,10 @@ class JobConfig(_Model):
   stages: List[Stage] = pydantic.Field(min_length=2)
   output: Output
   batch_size: pydantic.PositiveInt = 1024
+  # A batch also ends before a record that would take its serialized bytes
+  # past this (a larger record is a batch alone): wide records (images,
+  # embeddings) at batch_size would hold GBs per batch in flight.
+  batch_bytes: pydantic.PositiveInt = DEFAULT_BATCH_BYTES
   session: Session = Session()
   dead_letter: DeadLetter = DeadLetter()
   run_date: Optional[datetime.date] = None

@@ -14,7 +14,7 @@ from tfcascade.transforms.beam.cascade_handler import CascadeModelHandler
 
 
 def handler_from_config(path: str, overrides: Sequence[str] = (), *, check: bool = True,
-                **kwargs) -> CascadeModelHandler:
+                        **kwargs) -> CascadeModelHandler:
   """The RunInference handler for a job config's cascade.
 
   Args:
@@ -22,8 +22,11 @@ def handler_from_config(path: str, overrides: Sequence[str] = (), *, check: bool
       are used; `output` and `dead_letter` belong to the CLI job). Its
       required passthrough features come back as `passthrough/<name>`.
     overrides: `--set`-style `dotted.key=value` strings.
-    check: build the graph and check every checkpoint now (raises
-      CascadeError naming the problem), before a pipeline starts.
+    check: build the graph and check every checkpoint now, before a
+      pipeline starts (CascadeError naming the problem), and pin each
+      stage's files: workers restore exactly those or fail
+      (ModelChangedError). Without it, each worker resolves a checkpoint
+      directory itself.
     **kwargs: CascadeModelHandler's (max_batch_size defaults to the
       config's batch_size).
 
@@ -32,8 +35,8 @@ def handler_from_config(path: str, overrides: Sequence[str] = (), *, check: bool
   """
   config = load_config(path, overrides)
   spec = config.cascade_spec()
-  if check:
-    from tfcascade.transforms.engine import build_cascade_graph  # pylint: disable=g-import-not-at-top
-    build_cascade_graph(spec)
+  if check:  # and pin the models, as the CLI job does (engine.pinning)
+    from tfcascade.transforms.engine import build_cascade_graph, pin_models  # pylint: disable=g-import-not-at-top
+    spec = pin_models(spec, build_cascade_graph(spec).plan)
   kwargs.setdefault("max_batch_size", config.batch_size)
   return CascadeModelHandler.from_spec(spec, **kwargs)

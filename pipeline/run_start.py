@@ -11,18 +11,25 @@ staging started, and its marker kept beating while the launcher waits.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import json
 import logging
 import os
 import socket
-import threading
 import time
 import uuid
+from typing import Dict, List, Optional, Tuple
 
-from tfcascade.transforms.publishing import finalize, run_registry
+from apache_beam.io.filesystems import FileSystems
+
+from tfcascade.pipeline.periodic import Periodic
+from tfcascade.transforms.accounting import RunCounts
+from tfcascade.transforms.publishing import finalize, run_registry, unit_commits
 from tfcascade.transforms.publishing import output_layout as layout
 from tfcascade.transforms.publishing.output_layout import SUCCESS, SUMMARY, join
 from tfcascade.transforms.publishing.run_registry import RunStaging
+from tfcascade.transforms.reading.record_ranges import ReadRange
 
 _LOG = logging.getLogger("tfcascade")
 
@@ -35,15 +42,38 @@ class RunInProgressError(RuntimeError):
   """Another run of the same output is alive; this launch is refused."""
 
 
-def prepare(output_path: str, overwrite: bool, detached: bool = False
+class AlreadyComplete(Exception):
+  """A dead run of the same job had only its publish left; prepare finished
+  it, so the output is complete and there is nothing left to run."""
+
+  def __init__(self, summary: dict):
+    super().__init__(f"run {summary.get('run_id')} of the same job had scored "
+                     f"everything; its interrupted publish was finished")
+    self.summary = summary
+
+
+def prepare(output_path: str, overwrite: bool, detached: bool = False,
+            run_key: Optional[Dict[str, str]] = None, keep_dead: bool = False
             ) -> run_registry.RunStaging:
   """Checks the output directory and starts this run's staging.
+
+  Args:
+    output_path: the output directory.
+    overwrite: replace a complete output.
+    detached: the launcher will not wait (a template launch).
+    run_key: this job's run key (run_plan.run_key), if known.
+    keep_dead: leave dead runs' staging for `adopt_dead_units` (else removed here).
 
   Raises:
     OutputExistsError: a complete output and no `overwrite`.
     RunInProgressError: another run of this output is alive.
+    AlreadyComplete: an interrupted publish of a run with `run_key` was
+      finished here.
   """
-  finalize.finish_interrupted_publish(output_path)
+  if finalize.finish_interrupted_publish(output_path) and run_key is not None:
+    summary = read_summary(output_path)
+    if summary and summary.get("run_key") == run_key:
+      raise AlreadyComplete(summary)
   if layout.exists(join(output_path, SUCCESS)) and not overwrite:
     raise OutputExistsError(
         f"{output_path} already holds a complete run ({SUCCESS} present); "
@@ -52,7 +82,7 @@ def prepare(output_path: str, overwrite: bool, detached: bool = False
   for state in map(run_registry.state, run_registry.runs(output_path)):
     if state.alive:
       alive.append(state)
-    else:
+    elif not keep_dead:
       _LOG.info("removing the staging of dead run %s (%s)", state.staging.run_id, state.why)
       layout.delete_tree(state.staging.run_dir)
   if alive:
@@ -77,8 +107,8 @@ def _in_progress(output_path, states) -> RunInProgressError:
 
 def _delete_stray_staging(output_path: str) -> None:
   """Files directly under _staging/ (an older layout's), Beam temp dirs."""
-  layout.delete_paths(layout.matches(join(output_path, layout.STAGING, "*"))
-                      + layout.matches(join(output_path, "beam-temp-*")))
+  layout.delete_paths(layout.matches_under(join(output_path, layout.STAGING), "*")
+                      + layout.matches_under(output_path, "beam-temp-*"))
 
 
 def read_summary(output_path: str):
@@ -110,24 +140,144 @@ def mark_ended(staging: RunStaging, why: str) -> None:
   run_registry.update_marker(staging, ended=why)
 
 
-class Heartbeat:
-  """Beats the run's marker while the launcher waits, so another launch of
-  the same output sees this run alive."""
+def Heartbeat(run_staging: RunStaging) -> Periodic:  # pylint: disable=invalid-name
+  """Beats the run's marker while the launcher waits (a `with` block), so
+  another launch of the same output sees this run alive."""
+  return Periodic(run_registry.HEARTBEAT_S, lambda: run_registry.heartbeat(run_staging),
+                  "tfcascade-heartbeat")
 
-  def __init__(self, run_staging):
-    self._run = run_staging
-    self._stop = threading.Event()
-    self._thread = threading.Thread(target=self._beat, daemon=True,
-                                    name="tfcascade-heartbeat")
 
-  def _beat(self):
-    while not self._stop.wait(run_registry.HEARTBEAT_S):
-      run_registry.heartbeat(self._run)
+# --- resuming a dead run's committed units -------------------------------------
 
-  def __enter__(self):
-    self._thread.start()
-    return self
+@dataclasses.dataclass(frozen=True)
+class ResumePlan:
+  """What makes a dead run's units reusable by this one.
 
-  def __exit__(self, *exc):
-    self._stop.set()
-    self._thread.join()
+  Attributes:
+    run_key: {"config": hash, "models": hash}: the config as loaded (after
+      --set) and the models' pinned fingerprints; a commit under another
+      run key is never reused.
+    inputs: input path -> (size, modified) as planned now; a unit of a file
+      that is gone or changed is never reused.
+  """
+  run_key: Dict[str, str]
+  inputs: Dict[str, Tuple[int, float]]
+
+  @classmethod
+  def of(cls, pre) -> "ResumePlan":
+    """The plan of a run_plan.Preflight."""
+    return cls(pre.run_key, {f.path: (f.size, f.modified) for f in pre.files})
+
+
+@dataclasses.dataclass
+class Resumed:
+  """The units this run adopted from dead runs, and why others were not."""
+  from_runs: List[str] = dataclasses.field(default_factory=list)
+  commits: Dict[str, unit_commits.UnitCommit] = dataclasses.field(default_factory=dict)
+  notes: List[str] = dataclasses.field(default_factory=list)
+
+  @property
+  def counts(self) -> RunCounts:
+    total = RunCounts.total(c.counts for c in self.commits.values())
+    total.records_resumed = total.records_read
+    return total
+
+  @property
+  def input_bytes(self) -> int:
+    return sum(c.input_bytes for c in self.commits.values())
+
+
+def adopt_dead_units(run: RunStaging, plan: ResumePlan) -> Resumed:
+  """Adopts the units that dead runs of this output committed, when their
+  run key and input files match this run's; removes the dead runs.
+
+  The adopted units' files move into this run's staging and their commits
+  with them, so a run that dies again hands them on.
+  """
+  resumed = Resumed()
+  for state in map(run_registry.state, run_registry.runs(run.output_path)):
+    old = state.staging
+    if old.run_id == run.run_id or state.alive:
+      continue
+    commits = unit_commits.read_commits(old)
+    mismatch = _run_key_mismatch(commits, plan.run_key)
+    if mismatch:
+      resumed.notes.append(f"not resuming run {old.run_id}: {mismatch}")
+    else:
+      changed = set()
+      for key, commit in commits.items():
+        if key in resumed.commits:
+          continue
+        source = _unit_input(commit)
+        if plan.inputs.get(source[0]) != source[1:]:
+          changed.add(source[0])
+          continue
+        resumed.commits[key] = _adopt(commit, old, run, plan.run_key)
+      if commits:
+        resumed.from_runs.append(old.run_id)
+      for path in sorted(changed):
+        resumed.notes.append(f"input file {path} changed since run {old.run_id} read it "
+                             f"(or is no longer an input): its units are scored again")
+    _LOG.info("removing the staging of dead run %s (%s)", old.run_id, state.why)
+    layout.delete_tree(old.run_dir)
+  return resumed
+
+
+def _run_key_mismatch(commits, key: Dict[str, str]) -> str:
+  """Why a dead run's commits are not this run's work ("" when they are)."""
+  keys = {json.dumps(c.run_key, sort_keys=True) for c in commits.values()}
+  if not keys or keys == {json.dumps(key, sort_keys=True)}:
+    return ""
+  old = json.loads(sorted(keys)[0])
+  what = [part for part in ("config", "models") if old.get(part) != key.get(part)]
+  return {("config",): "its config differs",
+          ("models",): "a model's checkpoint or graph changed (fingerprints differ)",
+          }.get(tuple(what), "its config and its models differ") + "; starting fresh"
+
+
+def _unit_input(commit: unit_commits.UnitCommit) -> Tuple[str, int, float]:
+  task = ReadRange(*commit.task)
+  return task.path, task.size, task.modified
+
+
+def _adopt(commit, old: RunStaging, run: RunStaging, key) -> unit_commits.UnitCommit:
+  """Moves a commit's files into `run`'s staging and commits it there."""
+  if commit.counts.files and not layout.exists(run.files_dir):
+    FileSystems.mkdirs(run.files_dir)
+  moved = []
+  for written in commit.counts.files:
+    target = layout.join(run.files_dir, written.path.rsplit("/", 1)[-1])
+    FileSystems.rename([written.path], [target])
+    moved.append(written._replace(path=target))
+  counts = dataclasses.replace(commit.counts, files=moved)
+  unit_commits.commit(run, key, ReadRange(*commit.task), counts)
+  return commit._replace(counts=counts)
+
+
+def prepare_run(output_path: str, overwrite: bool, pre, detached: bool = False,
+                resume: bool = True) -> Tuple[RunStaging, Resumed]:
+  """`prepare`, then (resume) adopts what dead runs of the same job
+  committed, and says so in a line or two on stdout.
+
+  Args:
+    pre: the run's run_plan.Preflight (its run key and pinned inputs).
+  """
+  run = prepare(output_path, overwrite, detached, run_key=pre.run_key, keep_dead=resume)
+  if not resume:
+    return run, Resumed()
+  resumed = adopt_dead_units(run, ResumePlan.of(pre))
+  for line in resume_lines(resumed, sum(f.size for f in pre.files)):
+    print(line, flush=True)
+  return run, resumed
+
+
+def resume_lines(resumed: Resumed, total_bytes: int) -> List[str]:
+  """What the user is told about resuming."""
+  lines = list(resumed.notes)
+  if resumed.commits:
+    share = resumed.input_bytes / total_bytes if total_bytes else 1.0
+    lines.append(
+        f"resuming run {', '.join(resumed.from_runs)}: {resumed.counts.records_read:,} "
+        f"records already scored in {len(resumed.commits)} unit(s), {share:.1%} of the "
+        f"input bytes; scoring the rest (--no-resume starts fresh)")
+  return lines

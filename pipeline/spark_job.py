@@ -17,12 +17,15 @@ import sys
 from typing import Dict, Optional, Sequence
 
 from tfcascade.pipeline import run_start
-from tfcascade.pipeline.beam_job import Preflight, predictions_suffix, preflight, run_info
+from tfcascade.pipeline import progress
+from tfcascade.pipeline.beam_job import unit_settings
+from tfcascade.pipeline.run_plan import Preflight, preflight, run_info
 from tfcascade.pipeline.config import JobConfig
 from tfcascade.transforms.accounting import RunCounts
 from tfcascade.transforms.publishing import finalize
 from tfcascade.transforms.publishing import output_layout as layout
 from tfcascade.transforms.publishing.run_registry import RunStaging
+from tfcascade.transforms.publishing.unit_commits import unit_key
 from tfcascade.transforms.reading.record_ranges import plan_ranges
 from tfcascade.transforms.spark.partition_task import TaskConfig, spark_task
 
@@ -56,19 +59,17 @@ def _session(master: str, conf: Dict[str, str]):
   return builder.getOrCreate()
 
 
-def _task_config(config: JobConfig, run: RunStaging) -> TaskConfig:
+def _task_config(config: JobConfig, run: RunStaging, pre: Preflight) -> TaskConfig:
   return TaskConfig(
-      spec=config.cascade_spec(), output_format=config.output.format,
+      spec=pre.spec, output_format=config.output.format,
       passthrough=tuple(config.output.passthrough),
       reject_non_finite=config.dead_letter.non_finite_outputs,
-      chunk_size=config.batch_size, max_record_bytes=config.input.max_record_bytes,
-      on_corrupt=config.input.on_corrupt, predictions_suffix=predictions_suffix(config),
-      compression=config.output.compression, run=run)
+      settings=unit_settings(config, run, pre))
 
 
 def run(config: JobConfig, overwrite: bool = False, master: str = DEFAULT_MASTER,
         spark_conf: Optional[Dict[str, str]] = None,
-        pre: Optional[Preflight] = None) -> dict:
+        pre: Optional[Preflight] = None, resume: bool = True) -> dict:
   """Runs the job on Spark; returns the run summary (with `metrics`).
 
   Raises:
@@ -79,24 +80,28 @@ def run(config: JobConfig, overwrite: bool = False, master: str = DEFAULT_MASTER
   """
   check_config(config)
   pre = pre or preflight(config)
-  run_staging = run_start.prepare(config.output_path, overwrite)
-  info = run_info(config, pre.plan, f"Spark ({master})", run_staging.run_id)
+  run_staging, resumed = run_start.prepare_run(config.output_path, overwrite, pre,
+                                               resume=resume)
+  info = run_info(config, pre, f"Spark ({master})", run_staging.run_id)
   ranges = [r for f in pre.files for r in plan_ranges(
-      f, config.input.split_bytes, config.input.max_record_bytes)]
+      f, config.input.split_bytes, config.input.max_record_bytes)
+            if unit_key(r) not in resumed.commits]
   _LOG.info("spark: %d read range(s) from %d file(s) on %s", len(ranges),
             len(pre.files), master)
   spark = _session(master, dict(spark_conf or {}))
   try:
-    with run_start.Heartbeat(run_staging):
+    watch = progress.Progress(run_staging, sum(f.size for f in pre.files), resumed.commits)
+    with run_start.Heartbeat(run_staging), progress.ProgressLog(watch):
       parts = (spark.sparkContext.parallelize(ranges, max(1, len(ranges)))
-               .mapPartitions(functools.partial(spark_task, _task_config(config, run_staging)))
-               .collect())
+               .mapPartitions(functools.partial(
+                   spark_task, _task_config(config, run_staging, pre)))
+               .collect()) if ranges else []
   except BaseException as e:
     run_start.mark_ended(run_staging, f"failed: {type(e).__name__}")
     raise RuntimeError(f"the Spark job failed; nothing published: {e}") from e
   finally:
     spark.stop()
-  counts = RunCounts.total(parts)
+  counts = RunCounts.total(parts + [resumed.counts])
   finalize.finalize(counts, config.output_path, run_staging.run_id, info)
   summary = run_start.read_summary(config.output_path)
   summary["metrics"] = {"sessions_opened": counts.sessions_opened,

@@ -11,6 +11,9 @@ def format_summary(summary: dict) -> str:
       f"{summary['records_dead_lettered']:,} "
       f"({'all accounted for' if summary['accounted'] else 'MISMATCH'}) in "
       f"{summary['wall_seconds']:.1f} s on {summary['runner']}"]
+  if summary.get("records_resumed"):
+    lines.append(f"  {summary['records_resumed']:,} of the records read were scored by a "
+                 f"dead run of the same job and reused (resumed)")
   for name, stage in summary["stages"].items():
     share = stage["rows_run"] / stage["rows_in"] if stage["rows_in"] else 0.0
     lines.append(f"  stage {name}: ran on {stage['rows_run']:,} of "

@@ -2,15 +2,15 @@
 dead-lettered, exactly once, whatever the input throws at the job.
 
 - each bad-record kind, through the real job (reasons, raw bytes, counts) and
-  alone at each place of a batch through the cascade DoFn;
+  alone at each place of a batch through the scorer;
 - each kind of damaged TFRecord framing and gzip stream, under both
   `input.on_corrupt` policies, through the real job (also a byte-range split
   file);
-- hypothesis fuzz through `transforms/beam/score_chunks.py`'s `_CascadeDoFn` (via
-  `process_bundle`): mutated and malformed Example protos mixed with good ones
+- hypothesis fuzz through the job's ChunkScorer on a real session (what each
+  unit of work runs): mutated and malformed Example protos mixed with good ones
   over several chunks, checked record by record against an oracle (each model
   alone, in its own session); damaged framing bytes through the worker's
-  reader and on into the DoFn;
+  reader and on into the scorer;
 - a record duplicated or a dead letter lost between steps: no `_SUCCESS`, no
   final-named file.
 
@@ -22,6 +22,7 @@ tests/test_bad_input.py::test_sigkill_then_rerun_gives_exactly_the_complete_outp
 
 import base64
 import glob
+import contextlib
 import gzip
 import hashlib
 import io
@@ -30,7 +31,6 @@ import os
 import struct
 import zlib
 
-import apache_beam as beam
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -40,13 +40,15 @@ from tfcascade.pipeline.cli import main
 from tests import tiny_models as tm
 from tests.jobs import make_job, read_predictions_independently, summary_of
 from tfcascade.transforms.formats import example_codec
-from tfcascade.transforms.beam import score_chunks as run_cascade
-from tfcascade.transforms.formats import tfrecord_framing as framing
-from tfcascade.transforms.engine import CascadeSpec, FeatureSpec, ModelSource, SessionSpec, StageSpec
 from tfcascade.transforms.accounting import RunCounts
-from tfcascade.transforms.beam.read_chunks import QUARANTINE_TAG, READ_COUNTS_TAG, _ReadChunks
-from tfcascade.transforms.reading.record_ranges import CorruptInputError, ReadRange, RecordChunk
-from tfcascade.transforms.beam.score_chunks import COUNTS_TAG, DEAD_LETTER_TAG, _CascadeDoFn, process_bundle
+from tfcascade.transforms.engine import (CascadeSession, CascadeSpec, FeatureSpec, ModelSource,
+                                         SessionSpec, StageSpec)
+from tfcascade.transforms.formats import tfrecord_framing as framing
+from tfcascade.transforms.reading.record_ranges import (CorruptInputError, ReadRange, RecordChunk,
+                                                        read_range)
+from tfcascade.transforms.publishing.run_registry import RunStaging
+from tfcascade.transforms.scoring.chunk_scorer import ChunkScorer
+from tfcascade.transforms.unit_runner import UnitSettings, run_unit
 
 GATE = 0.99  # b runs where a.confidence < GATE (as in tests/jobs.py)
 
@@ -166,15 +168,19 @@ def _spec(models, parsed_id):
       SessionSpec(), ("id",) if parsed_id else ())
 
 
+@contextlib.contextmanager
+def _chunk_scorer(models, parsed_id, passthrough=("id",)):
+  """The job's scorer (one real CascadeSession, TFRecord output)."""
+  with CascadeSession(_spec(models, parsed_id)) as session:
+    yield ChunkScorer(session, "tfrecord", passthrough, True)
+
+
 @pytest.fixture(scope="module", params=["parsed_id", "raw_id"])
-def dofn(request, models):
-  """The cascade DoFn with passthrough `id`: parsed in-graph (what the job
-  does for a required declared feature) or copied raw from the record."""
-  fn = _CascadeDoFn(_spec(models, request.param == "parsed_id"),
-                    beam.utils.shared.Shared(), "tfrecord", ["id"], True)
-  fn.setup()
-  yield fn
-  fn.teardown()
+def scorer(request, models):
+  """The scorer with passthrough `id`: parsed in-graph (what the job does
+  for a required declared feature) or copied raw from the record."""
+  with _chunk_scorer(models, request.param == "parsed_id") as made:
+    yield made
 
 
 def _feature_values(feature):
@@ -182,19 +188,18 @@ def _feature_values(feature):
   return list(getattr(feature, kind).value) if kind else []
 
 
-def _score(dofn, chunks):
-  """Runs `chunks` as one bundle; returns (rows, dead letters, summed counts).
-  Checks that every blob holds exactly the number of records it claims."""
+def _score(scorer, chunks):
+  """Scores `chunks` as a unit does; returns (rows, dead letters, summed
+  counts). Checks that every blob holds exactly the number of records it
+  claims."""
   rows, dead, counts = [], [], RunCounts()
-  for output in process_bundle(dofn, chunks):
-    if isinstance(output, beam.pvalue.TaggedOutput):
-      if output.tag == DEAD_LETTER_TAG:
-        dead.append(output.value)
-      else:
-        assert output.tag == COUNTS_TAG, output.tag
-        counts.add(output.value)
-      continue
-    claimed, blob = output
+  blobs = []
+  for chunk in chunks:
+    scored = scorer.score(chunk)
+    dead += scored.dead_letters
+    counts.add(scored.counts())
+    blobs += scored.blobs
+  for claimed, blob in blobs:
     framed = [r for _, _, r in framing.iter_records(io.BytesIO(blob), "blob")]
     assert len(framed) == claimed, "a blob does not hold the records it claims"
     for record in framed:
@@ -241,7 +246,7 @@ def _check_bundle(inputs, rows, dead, counts, expect_written, expect_dead):
 
 @pytest.mark.parametrize("position", ["first", "middle", "last"])
 @pytest.mark.parametrize("kind", BAD_KINDS)
-def test_each_bad_record_kind_alone_in_a_batch(dofn, pool_oracle, kind, position):
+def test_each_bad_record_kind_alone_in_a_batch(scorer, pool_oracle, kind, position):
   """One bad record among 8 good ones is isolated (wherever it sits), named
   by its source and index, and the good ones equal the oracle."""
   good = [(b"good-%d" % i, i) for i in range(8)]
@@ -250,7 +255,7 @@ def test_each_bad_record_kind_alone_in_a_batch(dofn, pool_oracle, kind, position
   records = [_example(id=_bytes([rid]), pixels=_floats(POOL[p])) for rid, p in good]
   records.insert(at, bad)
   chunk = RecordChunk("part-7.tfrecord", [(100 + i, r) for i, r in enumerate(records)])
-  rows, dead, counts = _score(dofn, [chunk])
+  rows, dead, counts = _score(scorer, [chunk])
   good_keys = [k for k in range(100, 109) if k != 100 + at]
   _check_bundle({("part-7.tfrecord", i): r for i, r in chunk.records}, rows, dead, counts,
                 {("part-7.tfrecord", k): (rid, pool_oracle[p])
@@ -336,7 +341,7 @@ def _draw_record(data, pos):
 @settings(max_examples=150, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
-def test_fuzzed_examples_through_the_dofn_are_each_accounted_once(dofn, pool_oracle, data):
+def test_fuzzed_examples_through_the_dofn_are_each_accounted_once(scorer, pool_oracle, data):
   """Good, malformed and byte-mutated Examples over several chunks of two
   sources in one bundle: each written exactly once (good ones equal to the
   oracle) or dead-lettered naming its source and index, never both, never
@@ -363,7 +368,7 @@ def test_fuzzed_examples_through_the_dofn_are_each_accounted_once(dofn, pool_ora
                             else "record does not parse")
     chunks.append(RecordChunk(source, chunk))
     pos += size
-  rows, dead, counts = _score(dofn, chunks)
+  rows, dead, counts = _score(scorer, chunks)
   _check_bundle(inputs, rows, dead, counts, expect_written, expect_dead)
 
 
@@ -670,29 +675,33 @@ def fuzz_file(tmp_path_factory):
   return str(tmp_path_factory.mktemp("framing_fuzz") / "fuzz.tfrecord")
 
 
+@pytest.fixture(scope="module")
+def fuzz_unit_settings(tmp_path_factory):
+  """A unit runner writing into a run staging of its own."""
+  run = RunStaging(str(tmp_path_factory.mktemp("fuzz_out")), "fuzz-run")
+  return UnitSettings(run=run, run_key={}, chunk_size=2, chunk_bytes=None,
+                      max_record_bytes=1 << 20, on_corrupt="quarantine",
+                      predictions_suffix=".tfrecord", compression="none")
+
+
 def _read_task(path, compression, policy):
-  """_ReadChunks (the job's reader DoFn) on one file -> (chunks, quarantine
-  entries, records_read counts, error raised or None)."""
-  chunks, quarantine, read_counts = [], [], []
+  """The worker's reader (read_range) on one file -> (chunks, quarantine
+  entries, error raised or None)."""
+  chunks, quarantine = [], []
   try:
-    for item in _ReadChunks(2, 1 << 20, policy).process(ReadRange(path, compression)):
-      if isinstance(item, RecordChunk):
-        chunks.append(item)
-      elif item.tag == QUARANTINE_TAG:
-        quarantine.append(item.value)
-      else:
-        assert item.tag == READ_COUNTS_TAG
-        read_counts.append(item.value)
+    for item in read_range(ReadRange(path, compression), 2, 1 << 20, policy):
+      (chunks if isinstance(item, RecordChunk) else quarantine).append(item)
   except CorruptInputError as e:
-    return chunks, quarantine, read_counts, e
-  return chunks, quarantine, read_counts, None
+    return chunks, quarantine, e
+  return chunks, quarantine, None
 
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(edits=st.lists(st.tuples(st.integers(0, 10**5), st.integers(0, 255)), max_size=3),
        cut=st.one_of(st.none(), st.integers(0, 10**5)),
        as_gzip=st.booleans())
-def test_fuzzed_framing_is_read_as_a_prefix_and_accounted(dofn, fuzz_file, edits, cut, as_gzip):
+def test_fuzzed_framing_is_read_as_a_prefix_and_accounted(scorer, fuzz_file, fuzz_unit_settings,
+                                                          edits, cut, as_gzip):
   """Whatever happens to a file's bytes, the reader hands out exactly a prefix
   of its records and (quarantine) one entry at the first record it could not
   read, or (fail) raises naming the file; records_read counts exactly what
@@ -706,14 +715,12 @@ def test_fuzzed_framing_is_read_as_a_prefix_and_accounted(dofn, fuzz_file, edits
   with open(fuzz_file, "wb") as f:
     f.write(bytes(data))
   compression = "gzip" if as_gzip else "none"
-  chunks, quarantine, read_counts, error = _read_task(fuzz_file, compression, "quarantine")
+  chunks, quarantine, error = _read_task(fuzz_file, compression, "quarantine")
   assert error is None
   got = [record for chunk in chunks for record in chunk.records]
   assert all(chunk.source == fuzz_file for chunk in chunks)
   k = len(got)
   assert got == list(enumerate(_FRAMED))[:k]  # exactly a prefix, in order
-  assert [c.records_read for c in read_counts] == [k]
-  assert sum(c.quarantined[fuzz_file] for c in read_counts) == len(quarantine)
   assert len(quarantine) <= 1
   if quarantine:
     entry = quarantine[0]
@@ -725,16 +732,20 @@ def test_fuzzed_framing_is_read_as_a_prefix_and_accounted(dofn, fuzz_file, edits
       data = gzip.decompress(bytes(data))  # raises if the damage went unreported
     assert bytes(data) == framing.frame_records(_FRAMED[:k])
   # The 'fail' policy fails exactly when quarantine found damage, naming it.
-  chunks_f, quarantine_f, _, error = _read_task(fuzz_file, compression, "fail")
+  chunks_f, quarantine_f, error = _read_task(fuzz_file, compression, "fail")
   assert not quarantine_f
   assert [r for c in chunks_f for r in c.records] == got
   assert (error is not None) == bool(quarantine)
   if error is not None:
     assert f"corrupt TFRecord file {fuzz_file}: record {k} " in str(error)
   # On through the cascade: every record read is written, once.
-  rows, dead, _ = _score(dofn, chunks)
+  rows, dead, _ = _score(scorer, chunks)
   assert not dead
   assert sorted(bytes(row["id"][0]) for row in rows) == [b"dmg-%03d" % i for i in range(k)]
+  # And as a whole unit of work: counted where read, written where counted.
+  counts = run_unit(scorer, ReadRange(fuzz_file, compression), fuzz_unit_settings)
+  assert counts.records_read == counts.records_in("predictions") == k
+  assert sum(counts.quarantined.values()) == counts.records_in("quarantine") == len(quarantine)
 
 
 # --- accounting mismatch: no _SUCCESS, no final-named file ----------------------
@@ -750,22 +761,19 @@ def test_an_accounting_mismatch_publishes_nothing(job, tmp_path, capsys, monkeyp
   garbage.parent.mkdir()
   with tf.io.TFRecordWriter(str(garbage), "GZIP") as w:
     w.write(b"\xff\xfe not an Example")
-  original = run_cascade._CascadeDoFn._finish  # pylint: disable=protected-access
+  original = ChunkScorer.finish
   injected = []
 
-  def finish_with_fault(self, chunk, inferring):
-    for output in original(self, chunk, inferring):
-      is_blob = not isinstance(output, beam.pvalue.TaggedOutput)
-      is_dead = not is_blob and output.tag == DEAD_LETTER_TAG
-      if not injected and fault == "lost_dead_letter" and is_dead:
-        injected.append(output)
-        continue
-      yield output
-      if not injected and fault == "duplicate_blob" and is_blob:
-        injected.append(output)
-        yield output
+  def finish_with_fault(self, chunk, inferred):
+    scored = original(self, chunk, inferred)
+    if not injected and fault == "lost_dead_letter" and scored.dead_letters:
+      injected.append(scored.dead_letters.pop())  # never reaches a writer
+    if not injected and fault == "duplicate_blob" and scored.blobs:
+      injected.append(scored.blobs[0])
+      scored.blobs.append(scored.blobs[0])
+    return scored
 
-  monkeypatch.setattr(run_cascade._CascadeDoFn, "_finish", finish_with_fault)  # pylint: disable=protected-access
+  monkeypatch.setattr(ChunkScorer, "finish", finish_with_fault)
   out = tmp_path / "out"
   capsys.readouterr()
   assert _run(job, out, "--set",
@@ -791,15 +799,10 @@ def test_an_accounting_mismatch_publishes_nothing(job, tmp_path, capsys, monkeyp
 def test_a_record_lacking_a_raw_passthrough_feature_is_still_written(models):
   """`output.passthrough` naming an undeclared or optional feature that some
   records lack: those rows are written without it (as JSONL output does)."""
-  fn = _CascadeDoFn(_spec(models, parsed_id=True), beam.utils.shared.Shared(),
-                    "tfrecord", ["id", "note"], True)
-  fn.setup()
-  try:
+  with _chunk_scorer(models, parsed_id=True, passthrough=("id", "note")) as fn:
     records = [_example(id=_bytes([b"with"]), pixels=_floats(POOL[0]), note=_bytes([b"n"])),
                _example(id=_bytes([b"without"]), pixels=_floats(POOL[1]))]
     rows, dead, _ = _score(fn, [RecordChunk("s", list(enumerate(records)))])
-  finally:
-    fn.teardown()
   assert not dead
   assert {bytes(r["id"][0]): r.get("note") for r in rows} == {b"with": [b"n"], b"without": None}
 
@@ -833,17 +836,12 @@ def test_a_raw_passthrough_feature_damaged_inside_is_dead_lettered(models):
   BytesList overrun the Feature. TF parses the record (it never reads `id`
   when it is copied raw), so the copy must check the Feature itself instead
   of writing an output Example no reader can parse."""
-  fn = _CascadeDoFn(_spec(models, parsed_id=False), beam.utils.shared.Shared(),
-                    "tfrecord", ["id"], True)
-  fn.setup()
-  try:
+  with _chunk_scorer(models, parsed_id=False) as fn:
     good = _example(id=_bytes([b"m0"]), pixels=_floats(POOL[0]))
     at = good.index(b"\x12\x06\n\x04\n\x02m0") + 3  # the BytesList's length
     damaged = good[:at] + b"\x05" + good[at + 1:]  # 4 -> 5: overruns the Feature
     tf.io.parse_example([damaged], {"pixels": tf.io.FixedLenFeature([64], tf.float32)})
     rows, dead, _ = _score(fn, [RecordChunk("s", [(0, good), (1, damaged)])])
-  finally:
-    fn.teardown()
   assert [bytes(r["id"][0]) for r in rows] == [b"m0"]
   assert [d["index"] for d in dead] == [1]
   assert "passthrough features cannot be copied: feature 'id' is not a valid" in dead[0]["error"]

@@ -73,6 +73,10 @@ def test_set_overrides_by_index_and_stage_name(tmp_path):
     ("stages.a.bogus=1", "stages.0.bogus: unknown key"),
     ("batch_size=zero", "batch_size: Input should be a valid integer"),
     ("batch_size=0", "batch_size: Input should be greater than 0"),
+    ("batch_bytes=0", "batch_bytes: Input should be greater than 0"),
+    ("batch_bytes=-1", "batch_bytes: Input should be greater than 0"),
+    ("batch_bytes=1.5", "batch_bytes: Input should be a valid integer"),
+    ("batch_bytes=32MB", "batch_bytes: Input should be a valid integer"),
     ("input.compression=zstd", "input.compression: Input should be 'auto', 'none' or 'gzip'"),
     ("input.features.x.dtype=float64", "input.features.x.dtype"),
     ("stages.a.meta_graph=", "stages.0: give exactly one of meta_graph, builder, saved_model"),
@@ -83,6 +87,14 @@ def test_errors_name_the_key_path(tmp_path, override, expected):
   message = _error(tmp_path, overrides=["run_date=2026-11-25", override])
   assert expected in message
   assert "job.yaml" in message
+
+
+def test_batch_bytes_defaults_to_the_measured_cap_and_can_be_set(tmp_path):
+  from tfcascade.transforms.formats.tfrecord_framing import DEFAULT_BATCH_BYTES  # pylint: disable=g-import-not-at-top
+  config = load_config(_write(tmp_path), ["run_date=2026-11-25"])
+  assert config.batch_bytes == DEFAULT_BATCH_BYTES == 32 << 20
+  config = load_config(_write(tmp_path), ["run_date=2026-11-25", "batch_bytes=1048576"])
+  assert config.batch_bytes == 1 << 20 and config.batch_size == 1024
 
 
 def test_run_date_template_needs_a_date(tmp_path):

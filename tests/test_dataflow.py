@@ -19,6 +19,9 @@ from apache_beam.portability.api import beam_runner_api_pb2
 
 from tfcascade.pipeline import cli
 from tfcascade.pipeline import beam_job as job
+from tfcascade.pipeline import run_plan
+from tfcascade.transforms.engine import build_cascade_graph, pin_models
+from tfcascade.transforms.reading.record_ranges import InputFile
 from tfcascade.pipeline.config import ConfigError, load_config
 from tfcascade.transforms.publishing.run_registry import RunStaging
 from tests import tiny_models as tm
@@ -73,10 +76,14 @@ def test_dataflow_dry_run_builds_the_real_job_graph(models):
       "--sdk_location=container", f"--sdk_container_image={IMAGE}",
       "--number_of_worker_harness_threads=4"])
   p = beam.Pipeline(options=options)
-  plan = job.build_cascade_graph(config.cascade_spec()).plan
+  spec = config.cascade_spec()
+  plan = build_cascade_graph(spec).plan
+  pinned = pin_models(spec, plan)
+  pre = run_plan.Preflight([InputFile("gs://bucket/in/part-0.tfrecord.gz", "gzip", 1000, 1.0)],
+                           plan, [], pinned, run_plan.run_key(config, pinned))
   run = RunStaging("gs://bucket/out", "20261125T021500000000Z-0a1b2c3d")
-  job.build_pipeline(p, config, [("gs://bucket/in/part-0.tfrecord.gz", "gzip", 1000)],
-                     run, info=job.run_info(config, plan, "DataflowRunner", run.run_id))
+  job.build_pipeline(p, config, pre, run,
+                     info=run_plan.run_info(config, pre, "DataflowRunner", run.run_id))
   result = p.run()
 
   # Runner v2 submits the portable graph; the legacy `steps` list stays empty.
@@ -84,8 +91,8 @@ def test_dataflow_dry_run_builds_the_real_job_graph(models):
   assert submitted.proto.name == "tfcascade-20261125"
   assert submitted.proto.type_.name == "JOB_TYPE_BATCH"  # no unbounded PCollections
   labels = {t.unique_name for t in submitted.proto_pipeline.components.transforms.values()}
-  for step in ("ReadInputs", "RunCascade", "WritePredictions", "WriteDeadLetters",
-               "WriteQuarantine", "SumCounts", "PublishOutput"):
+  for step in ("ScoreInputs", "ScoreInputs/PlanUnits", "ScoreInputs/ScoreUnits",
+               "ResumedUnits", "SumCounts", "PublishOutput"):
     assert step in labels, f"{step} missing from the Dataflow job graph"
   # Every environment is our image: launcher and workers run the same versions.
   images = {beam_runner_api_pb2.DockerPayload.FromString(env.payload).container_image
@@ -218,8 +225,9 @@ def test_detached_submission_publishes_nothing(models, tmp_path):
   overrides = _local_models(models) + [f"output.path={out}", "run_date=2026-11-25"]
   with mock.patch("apache_beam.options.pipeline_options.GoogleCloudOptions.validate",
                   lambda *a: []), \
-       mock.patch.object(job, "match_inputs",
-                         return_value=[("gs://bucket/in/part-0.tfrecord.gz", "gzip", 1000)]):
+       mock.patch.object(run_plan, "match_inputs",
+                         return_value=[InputFile("gs://bucket/in/part-0.tfrecord.gz", "gzip",
+                                                 1000, 1.0)]):
     cli.main(["run", "--config", DATAFLOW_YAML]
              + [a for o in overrides for a in ("--set", o)]
              + ["--runner=DataflowRunner", "--project=p", "--region=us-central1",

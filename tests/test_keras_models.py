@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 from tfcascade.pipeline.cli import main
-from tfcascade.pipeline.beam_job import unused_warning
+from tfcascade.pipeline.run_plan import unused_warning
 from tests import tiny_models as tm
 from tests.jobs import read_predictions_independently
 from tfcascade.transforms.engine import (CascadeSpec, FeatureSpec, ModelSource, StageSpec,

@@ -22,7 +22,9 @@ from tfcascade.pipeline.demo import build
 from tfcascade.pipeline.handler_config import handler_from_config
 from tests.jobs import make_job
 from tfcascade.transforms.engine import CascadeError
-from tfcascade.transforms.beam.cascade_handler import CascadeModelHandler
+from tfcascade.transforms.beam.cascade_handler import (DEFAULT_MAX_BATCH_BYTES,
+                                                      CascadeModelHandler)
+from tfcascade.transforms.formats.tfrecord_framing import DEFAULT_BATCH_BYTES
 
 N = 120
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -139,7 +141,8 @@ def test_with_exception_handling_routes_the_failing_batch(job):
 
 def test_sharing_options_and_batching():
   spec = object()
-  handler = CascadeModelHandler(spec, min_batch_size=8, max_batch_size=64)
+  handler = CascadeModelHandler(spec, min_batch_size=8, max_batch_size=64,
+                                max_batch_bytes=None)
   assert not handler.share_model_across_processes() and handler.model_copies() == 1
   assert handler.batch_elements_kwargs() == {"min_batch_size": 8, "max_batch_size": 64}
   big = CascadeModelHandler.from_spec(spec, large_model=True)
@@ -148,6 +151,86 @@ def test_sharing_options_and_batching():
   assert two.share_model_across_processes() and two.model_copies() == 2
   with pytest.raises(ValueError, match="no inference_args"):
     handler.validate_inference_args({"x": 1})
+
+
+def test_byte_cap_kwargs_and_what_cannot_be_combined_with_it():
+  spec = object()
+  assert DEFAULT_MAX_BATCH_BYTES == DEFAULT_BATCH_BYTES  # the CLI job's batch_bytes
+  kwargs = CascadeModelHandler(spec).batch_elements_kwargs()
+  target = 1024 * DEFAULT_BATCH_BYTES
+  assert kwargs["min_batch_size"] == kwargs["max_batch_size"] == target
+  weigh = kwargs["element_size_fn"]
+  assert weigh(b"x" * 10) == DEFAULT_BATCH_BYTES  # count-bound: 1024 fit
+  assert weigh(b"x" * (DEFAULT_BATCH_BYTES // 512)) == target // 512  # byte-bound
+  assert weigh(b"x" * (DEFAULT_BATCH_BYTES + 1)) == target  # alone
+  assert weigh(("key", b"x" * 10)) == DEFAULT_BATCH_BYTES  # KeyedModelHandler's pairs
+  same = CascadeModelHandler(spec, min_batch_size=64, max_batch_size=64, max_batch_bytes=640)
+  assert same.batch_elements_kwargs()["max_batch_size"] == 64 * 640
+  for bad, match in [({"max_batch_duration_secs": 1.0}, "stateful batching"),
+                     ({"max_batch_size": None}, "needs max_batch_size"),
+                     ({"min_batch_size": 8}, "adaptive batch size"),
+                     ({"max_batch_bytes": 0}, "must be >= 1")]:
+    with pytest.raises(ValueError, match=match):
+      CascadeModelHandler(spec, **bad)
+  # Each of those is fine counting elements only, as Beam batches.
+  assert CascadeModelHandler(spec, max_batch_duration_secs=1.0, max_batch_bytes=None
+                             ).batch_elements_kwargs() == {
+                                 "max_batch_size": 1024, "max_batch_duration_secs": 1.0}
+
+
+@pytest.mark.parametrize("keyed", [False, True])
+def test_beams_batch_elements_keeps_both_caps(keyed):
+  """The kwargs through Beam's own BatchElements: no batch over 4 records or
+  over 1000 bytes, a record over 1000 bytes alone, no empty batch, nothing
+  lost; uniform records fill batches to the binding cap."""
+  rng = np.random.default_rng(3)
+  sizes = [int(n) for n in rng.integers(0, 600, 200)] + [1500, 5000, 1000, 999]
+  records = [b"%05d" % i + b"x" * n for i, n in enumerate(sizes)]
+  handler = CascadeModelHandler(object(), max_batch_size=4, max_batch_bytes=1000)
+  elements = [(r[:5], r) for r in records] if keyed else records
+
+  def summary(batch):
+    raw = [e[1] if keyed else e for e in batch]
+    return [len(r) for r in raw], [r[:5] for r in raw]
+
+  def check(batches):
+    batches = list(batches)
+    assert sorted(k for _, keys in batches for k in keys) == sorted(r[:5] for r in records)
+    for lengths, _ in batches:
+      assert 1 <= len(lengths) <= 4
+      assert sum(lengths) <= 1000 or len(lengths) == 1
+      if any(n > 1000 for n in lengths):
+        assert len(lengths) == 1
+  p = _pipeline()
+  batches = (p | beam.Create(elements, reshuffle=False)
+             | beam.BatchElements(**handler.batch_elements_kwargs()) | beam.Map(summary))
+  assert_that(batches, check)
+  # One bundle each (Create without reshuffle): 200-byte records, 4 a batch
+  # by count (5 would fit in 1000 bytes); 300-byte ones, 3 by bytes.
+  for width, per_batch in [(200, 4), (300, 3)]:
+    uniform = [b"%05d" % i + b"u" * (width - 5) for i in range(12)]
+    got = (p | f"Create{width}" >> beam.Create(uniform, reshuffle=False)
+           | f"Batch{width}" >> beam.BatchElements(**handler.batch_elements_kwargs())
+           | f"Len{width}" >> beam.Map(len))
+    assert_that(got, equal_to([per_batch] * (12 // per_batch)), label=f"uniform{width}")
+  p.run().wait_until_finish()
+
+
+def test_run_inference_with_a_byte_cap_matches_each_model_alone(job):
+  """A cap of 7 records' bytes: RunInference's batches hold at most 7
+  records (Beam's own inference_request_batch_size), results unchanged."""
+  widest = max(len(e) for e in job["examples"])
+  handler = handler_from_config(job["config"], max_batch_bytes=7 * widest)
+  oracle = {rid: job["oracle"][rid] for rid in job["ids"]}
+  p = _pipeline()
+  results = (p | beam.Create(job["examples"], reshuffle=False) | RunInference(handler))
+  assert_that(results, _matches_oracle(oracle, job["examples"]))
+  result = p.run()
+  result.wait_until_finish()
+  metrics = result.metrics().query(beam.metrics.MetricsFilter().with_namespace("tfcascade"))
+  sizes = next(d.committed for d in metrics["distributions"]
+               if d.key.metric.name == "inference_request_batch_size")
+  assert sizes.sum == N and sizes.max <= 7 and sizes.count >= N // 7
 
 
 def test_from_config_checks_the_cascade_first(job, tmp_path):

@@ -19,7 +19,7 @@ import tensorflow as tf
 from tfcascade.pipeline.cli import main
 from tests import tiny_models as tm
 from tests.jobs import check_against_oracle, make_job, summary_of
-from tfcascade.transforms.beam import score_chunks as run_cascade
+from tfcascade.transforms.scoring.chunk_scorer import ChunkScorer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -115,16 +115,16 @@ def test_mass_rejection_fails_unless_allowed(job, tmp_path, capsys):
 
 
 def test_a_record_lost_between_steps_fails_the_run(job, tmp_path, capsys, monkeypatch):
-  original = run_cascade._CascadeDoFn.process  # pylint: disable=protected-access
+  original = ChunkScorer.infer
   lost = []
 
-  def process_losing_one(self, chunk):
+  def infer_losing_one(self, chunk):
     if not lost:  # the first chunk read loses its first record on the way
       lost.append(chunk.records[0])
       chunk = chunk._replace(records=chunk.records[1:])
     return original(self, chunk)
 
-  monkeypatch.setattr(run_cascade._CascadeDoFn, "process", process_losing_one)  # pylint: disable=protected-access
+  monkeypatch.setattr(ChunkScorer, "infer", infer_losing_one)
   out = tmp_path / "out"
   assert _run(job, out) == 1
   assert lost

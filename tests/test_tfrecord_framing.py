@@ -447,3 +447,106 @@ def test_gzip_zero_padding_is_skipped_like_gzipfile_does(tmp_path):
   leading.write_bytes(b"\0\0" + member)
   _, err = _read_until_error(str(leading))
   assert err.reason.startswith("damaged gzip stream")
+
+
+# --- the byte cap (config batch_bytes) ---------------------------------------
+
+def _sizes(chunks):
+  return [[len(r) for _, r in c] for c in chunks]
+
+
+def test_chunks_end_at_the_byte_cap(tmp_path):
+  """A chunk ends before the record that would take it past chunk_bytes, and
+  at exactly chunk_bytes; the records still come in order, none lost."""
+  records = [bytes([i]) * n for i, n in enumerate([40, 30, 30, 50, 49, 1, 100, 10, 10])]
+  path = _write(tmp_path / "capped.tfrecord", records)
+  chunks = list(fr.read_record_chunks(path, chunk_size=1024, chunk_bytes=100))
+  assert _sizes(chunks) == [[40, 30, 30], [50, 49, 1], [100], [10, 10]]
+  assert [r for c in chunks for r in c] == list(enumerate(records))
+  # One byte less: 40+30+30 no longer fits, so the third 30 starts chunk 2.
+  chunks = list(fr.read_record_chunks(path, chunk_size=1024, chunk_bytes=99))
+  assert _sizes(chunks) == [[40, 30], [30, 50], [49, 1], [100], [10, 10]]
+
+
+def test_a_record_larger_than_the_cap_is_a_chunk_alone(tmp_path):
+  records = [b"a" * 10, b"b" * 5000, b"c" * 10, b"d" * 10, b"e" * 7000, b"f" * 3000]
+  for gz in (False, True):
+    path = _write(tmp_path / f"big-{gz}.tfrecord", records, gzip_=gz)
+    chunks = list(fr.read_record_chunks(path, chunk_size=8, chunk_bytes=1000))
+    assert _sizes(chunks) == [[10], [5000], [10, 10], [7000], [3000]]
+    assert [i for c in chunks for i, _ in c] == list(range(len(records)))
+  # A one-byte cap: the empty record and the 1-byte one fit together (1
+  # byte); every other record is a chunk alone.
+  path = _write(tmp_path / "tiny.tfrecord", RECORDS)
+  chunks = list(fr.read_record_chunks(path, chunk_bytes=1))
+  assert chunks == [[(0, b""), (1, b"a")]] + [[(i, r)] for i, r in enumerate(RECORDS)][2:]
+
+
+def test_the_count_cap_still_applies_under_a_byte_cap(plain):
+  chunks = list(fr.read_record_chunks(plain, chunk_size=2, chunk_bytes=10**9))
+  assert [len(c) for c in chunks] == [2, 2, 2, 1]
+  # Both caps: whichever comes first ends the chunk. RECORDS' sizes are
+  # 0, 1, 33, 1024, 70, 13, 11.
+  chunks = list(fr.read_record_chunks(plain, chunk_size=3, chunk_bytes=90))
+  assert _sizes(chunks) == [[0, 1, 33], [1024], [70, 13], [11]]  # count, bytes, bytes
+  chunks = list(fr.read_record_chunks(plain, chunk_size=3, chunk_bytes=100))
+  assert _sizes(chunks) == [[0, 1, 33], [1024], [70, 13, 11]]  # count, bytes, count
+  assert [r for c in chunks for r in c] == list(enumerate(RECORDS))
+
+
+def test_byte_capped_ranges_keep_indices_and_offsets_exact(tmp_path):
+  """Split ranges read with a byte cap: every record once, with its index in
+  the file; each chunk within the cap unless it is a single record."""
+  rng = np.random.default_rng(7)
+  records = [os.urandom(int(n)) for n in rng.integers(0, 3000, 300)]
+  path = _write(tmp_path / "ranges.tfrecord", records)
+  entries = fr.build_index(path)
+  got = []
+  for start_index, start, stop in fr.split_ranges(entries, 5):
+    for chunk in fr.read_record_chunks(path, chunk_size=50, chunk_bytes=8000,
+                                       start_index=start_index, start_offset=start,
+                                       end_offset=stop):
+      assert len(chunk) <= 50
+      assert len(chunk) == 1 or sum(len(r) for _, r in chunk) <= 8000
+      got.extend(chunk)
+  assert got == list(enumerate(records))
+  with open(path, "rb") as f:
+    offsets = [o for _, o, _ in fr.iter_records(f, path)]
+  assert offsets == _offsets(records)[:-1] == [o for o, _ in entries]
+
+
+@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.given(sizes=st.lists(st.integers(0, 300), max_size=40),
+                  chunk_size=st.integers(1, 12), chunk_bytes=st.integers(1, 700))
+def test_byte_cap_chunks_are_greedy_and_within_both_caps(sizes, chunk_size, chunk_bytes):
+  records = [bytes([k % 256]) * n for k, n in enumerate(sizes)]
+  data = fr.frame_records(records)
+  chunks = list(fr.read_record_chunks("mem", open_fn=lambda _: io.BytesIO(data),
+                                      compression="none", chunk_size=chunk_size,
+                                      chunk_bytes=chunk_bytes))
+  assert [r for c in chunks for r in c] == list(enumerate(records))
+  held = [sum(len(r) for _, r in c) for c in chunks]
+  for k, chunk in enumerate(chunks):
+    assert chunk and len(chunk) <= chunk_size
+    assert held[k] <= chunk_bytes or len(chunk) == 1
+    if k + 1 < len(chunks):  # it ended because a cap was reached
+      assert (len(chunk) == chunk_size or held[k] >= chunk_bytes
+              or held[k] + len(chunks[k + 1][0][1]) > chunk_bytes)
+
+
+def test_damage_after_byte_capped_chunks_yields_the_good_tail(tmp_path):
+  records = [b"r" * 60] * 5
+  path = _write(tmp_path / "damaged.tfrecord", records)
+  _damage(path, _offsets(records)[4] + 12 + 3)  # record 4's data
+  good = []
+  with pytest.raises(fr.CorruptRecordError) as info:
+    for chunk in fr.read_record_chunks(path, chunk_bytes=130):
+      good.append(chunk)
+  assert _sizes(good) == [[60, 60], [60, 60]]
+  assert info.value.index == 4
+
+
+def test_chunk_bytes_must_be_positive(plain):
+  for bad in (0, -5):
+    with pytest.raises(ValueError, match="chunk_bytes"):
+      _read_all(plain, chunk_bytes=bad)

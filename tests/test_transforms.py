@@ -1,7 +1,10 @@
-"""TestPipeline tests of the Beam building blocks: read, cascade DoFn, write."""
+"""The unit of work (transforms/unit_runner.py) and its Beam adapter
+(transforms/beam/score_units.py): read -> score -> write -> commit, checked
+against the engine, in a real pipeline, and across two worker processes."""
 
-import bisect
-import math
+import glob
+import io
+import json
 import os
 
 import apache_beam as beam
@@ -14,15 +17,20 @@ from apache_beam.testing.util import assert_that, equal_to
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from tests import tiny_models as tm
-from tfcascade.transforms.formats import tfrecord_framing as framing
-from tfcascade.transforms.engine import CascadeSpec, FeatureSpec, ModelSource, StageSpec
 from tfcascade.transforms.accounting import RunCounts
-from tfcascade.transforms.beam.read_chunks import ReadRecordChunks
-from tfcascade.transforms.reading.record_ranges import RecordChunk
-from tfcascade.transforms.beam.score_chunks import (COUNTS_TAG, DEAD_LETTER_TAG, RunCascade, _CascadeDoFn,
-                                    process_bundle)
+from tfcascade.transforms.beam.score_units import ScoreUnits
+from tfcascade.transforms.engine import (CascadeSession, CascadeSpec, FeatureSpec,
+                                         ModelSource, StageSpec)
+from tfcascade.transforms.formats import tfrecord_framing as framing
+from tfcascade.transforms.publishing import unit_commits
+from tfcascade.transforms.publishing.run_registry import RunStaging
+from tfcascade.transforms.reading.record_ranges import (InputFile, ReadRange, RecordChunk,
+                                                        plan_ranges)
+from tfcascade.transforms.scoring.chunk_scorer import ChunkScorer
+from tfcascade.transforms.unit_runner import UnitSettings, run_unit
 
 DIRECT = ["--runner=DirectRunner"]
+RUN_KEY = {"config": "test", "models": "test"}
 
 
 @pytest.fixture(scope="module")
@@ -40,101 +48,109 @@ def spec(tmp_path_factory):
                  {"probs": "probs:0"}, run_if="a.confidence < 0.99")))
 
 
-def _records(n, seed=0):
+def _records(n, seed=0, prefix="id"):
   pixels = np.random.default_rng(seed).normal(size=(n, 64)).astype("float32")
-  return tm.make_examples(pixels, [f"id-{i}".encode() for i in range(n)])
+  return tm.make_examples(pixels, [f"{prefix}-{i}".encode() for i in range(n)])
 
 
-def _write_tfrecord(path, records, options=None):
-  with tf.io.TFRecordWriter(str(path), options) as w:
+def _input_file(path, records, compression="none") -> InputFile:
+  with tf.io.TFRecordWriter(str(path), "GZIP" if compression == "gzip" else None) as w:
     for r in records:
       w.write(r)
-  return str(path)
+  stat = os.stat(path)
+  return InputFile(str(path), compression, stat.st_size, stat.st_mtime)
 
 
-def test_read_record_chunks_keeps_provenance(tmp_path):
-  files = []
-  for shard, compression in enumerate(["none", "gzip"]):
-    records = [f"s{shard}-r{i}".encode() for i in range(25)]
-    path = _write_tfrecord(tmp_path / f"part-{shard}", records,
-                           "GZIP" if compression == "gzip" else None)
-    files.append((path, compression, os.path.getsize(path)))
-  with TestPipeline(options=PipelineOptions(DIRECT)) as p:
-    read = p | ReadRecordChunks(files, chunk_size=10, max_record_bytes=1 << 20,
-                                on_corrupt="fail", split_bytes=1 << 30)
-    flat = read.chunks | beam.FlatMap(
-        lambda c: [(os.path.basename(c.source), i, r) for i, r in c.records])
-    assert_that(flat, equal_to([(f"part-{s}", i, f"s{s}-r{i}".encode())
-                                for s in range(2) for i in range(25)]))
-    sizes = read.chunks | "Sizes" >> beam.Map(lambda c: len(c.records) <= 10)
-    assert_that(sizes, equal_to([True] * 6), label="ChunksAreBatchSized")
+def _settings(out, chunk_size=16, output_format_suffix=".tfrecord"):
+  return UnitSettings(run=RunStaging(str(out), "test-run"), run_key=RUN_KEY,
+                      chunk_size=chunk_size, chunk_bytes=None, max_record_bytes=1 << 20,
+                      on_corrupt="fail", predictions_suffix=output_format_suffix,
+                      compression="none")
 
 
-def test_run_cascade_outputs_blobs_dead_letters_and_counts(spec):
-  records = _records(20)
-  chunk = RecordChunk("src.tfrecord", [(i, r) for i, r in enumerate(records)]
-                      + [(20, b"garbage")])
-  with TestPipeline(options=PipelineOptions(DIRECT)) as p:
-    scored = p | beam.Create([chunk]) | RunCascade(spec, passthrough=["id"])
-    # Each (records, blob) pair says how many records its blob holds.
-    n_written = scored.blobs | beam.Map(
-        lambda pair: (pair[0], sum(1 for _ in framing.iter_records(
-            __import__("io").BytesIO(pair[1]), "blob"))))
-    assert_that(n_written | beam.Map(lambda c: c[0] == c[1]) | "AllTrue" >> beam.CombineGlobally(all),
-                equal_to([True]), label="CountsMatchBlobs")
-    assert_that(n_written | beam.Map(lambda c: c[1]) | "Sum" >> beam.CombineGlobally(sum),
-                equal_to([20]))
-    assert_that(scored[DEAD_LETTER_TAG] | beam.Map(lambda d: (d["source"], d["index"])),
-                equal_to([("src.tfrecord", 20)]), label="DeadLetters")
-    totals = scored[COUNTS_TAG] | beam.CombineGlobally(RunCounts.total)
-    assert_that(totals | beam.Map(lambda c: (c.rows_in["a"], c.rows_run["a"])),
-                equal_to([(20, 20)]), label="Counts")
-    assert_that(totals | beam.Map(lambda c: [(r.startswith("record does not parse"), n)
-                                             for r, n in c.dead_reasons.items()]),
-                equal_to([[(True, 1)]]), label="DeadReasons")
+def _rows(paths):
+  rows = []
+  for path in paths:
+    for chunk in framing.read_record_chunks(path):
+      rows += [tf.train.Example.FromString(r).features.feature for _, r in chunk]
+  return rows
 
 
-def _encoded_blobs(spec, output_format, records):
-  """Runs a fresh cascade DoFn (passthrough `id`) on one chunk of records;
-  returns the output blobs it yields."""
-  dofn = _CascadeDoFn(spec, beam.utils.shared.Shared(), output_format, ["id"], True)
-  dofn.setup()
-  try:
-    return [o[1] for o in process_bundle(dofn, [RecordChunk("s", list(enumerate(records)))])
-            if isinstance(o, tuple)]
-  finally:
-    dofn.teardown()
-
-
-def test_run_cascade_outputs_equal_the_engine(spec):
-  """The DoFn's encoded outputs carry exactly the engine's values."""
-  from tfcascade.transforms.engine import CascadeSession  # pylint: disable=g-import-not-at-top
-  records = _records(30, seed=5)
+def test_a_unit_writes_the_engines_values_and_commits_itself(spec, tmp_path):
+  """run_unit: every record scored once with exactly the engine's values,
+  the counts of what it wrote, and a commit naming those files."""
+  records = _records(50, seed=5) + [b"garbage"]
+  file = _input_file(tmp_path / "in.tfrecord", records)
+  settings = _settings(tmp_path / "out")
+  task = plan_ranges(file, 1 << 30, 1 << 20)[0]
   with CascadeSession(spec) as session:
-    expected = session.run(records)
-  blobs = _encoded_blobs(spec, "tfrecord", records)
-  import io  # pylint: disable=g-import-not-at-top
-  rows = [tf.train.Example.FromString(r).features.feature
-          for blob in blobs for _, _, r in framing.iter_records(io.BytesIO(blob), "blob")]
-  assert len(rows) == 30
+    expected = session.run(records[:50])
+    counts = run_unit(ChunkScorer(session, "tfrecord", ["id"], True), task, settings)
+  assert counts.records_read == 51
+  assert counts.records_in("predictions") == 50 and counts.records_in("dead_letter") == 1
+  assert counts.rows_in["a"] == 50 and counts.rows_run["a"] == 50
+  assert counts.rows_run["b"] == int(expected.outputs["b/ran"].sum())
+  [reason] = counts.dead_reasons
+  assert reason.startswith("record does not parse")
+  rows = _rows([f.path for f in counts.files if f.kind == "predictions"])
+  assert [r["id"].bytes_list.value[0] for r in rows] == [f"id-{i}".encode() for i in range(50)]
+  # (Batches of other sizes than the engine's one call: float sums may
+  # differ in the last bit.)
   for i, row in enumerate(rows):
-    assert row["id"].bytes_list.value[0] == f"id-{i}".encode()
-    np.testing.assert_array_equal(row["a/logits"].float_list.value,
-                                  expected.outputs["a/logits"][i])
-    np.testing.assert_array_equal(row["b/probs"].float_list.value,
-                                  expected.outputs["b/probs"][i])
+    np.testing.assert_allclose(row["a/logits"].float_list.value,
+                               expected.outputs["a/logits"][i], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(row["b/probs"].float_list.value,
+                               expected.outputs["b/probs"][i], rtol=1e-4, atol=1e-6)
     assert row["b/ran"].int64_list.value[0] == expected.outputs["b/ran"][i]
+  commits = unit_commits.read_commits(settings.run)
+  assert list(commits) == [unit_commits.unit_key(task)]
+  committed = commits[unit_commits.unit_key(task)]
+  assert committed.counts == counts and committed.run_key == RUN_KEY
+  assert committed.input_bytes == file.size
 
 
-@pytest.fixture(scope="module")
-def dofn(spec):
-  fn = _CascadeDoFn(spec, beam.utils.shared.Shared(), "tfrecord", ["id"], True)
-  fn.setup()
-  yield fn
-  fn.teardown()
+def test_jsonl_copies_raw_passthrough(spec, tmp_path):
+  """`id` is not in spec.passthrough here, so it is copied from the records."""
+  file = _input_file(tmp_path / "in.tfrecord", _records(5, seed=2))
+  settings = _settings(tmp_path / "out", output_format_suffix=".jsonl")
+  with CascadeSession(spec) as session:
+    counts = run_unit(ChunkScorer(session, "jsonl", ["id"], True),
+                      plan_ranges(file, 1 << 30, 1 << 20)[0], settings)
+  [predictions] = [f.path for f in counts.files if f.kind == "predictions"]
+  rows = [json.loads(line) for line in open(predictions)]
+  assert [r["id"] for r in rows] == [[f"id-{i}"] for i in range(5)]
+  assert all(len(r["a/logits"]) == 10 for r in rows)
+
+
+def test_score_units_in_a_pipeline(spec, tmp_path):
+  """The Beam adapter over two files (plain and gzip): one RunCounts per unit,
+  units already done are skipped."""
+  files = [_input_file(tmp_path / "p0.tfrecord", _records(25, 1, "p0")),
+           _input_file(tmp_path / "p1.tfrecord.gz", _records(30, 2, "p1"), "gzip"),
+           _input_file(tmp_path / "p2.tfrecord", _records(7, 3, "p2"))]
+  done = {unit_commits.unit_key(plan_ranges(files[2], 1 << 30, 1 << 20)[0])}
+  settings = _settings(tmp_path / "out", chunk_size=10)
+  with TestPipeline(options=PipelineOptions(DIRECT)) as p:
+    counts = p | ScoreUnits(files, spec, "tfrecord", ["id"], True, settings,
+                            split_bytes=1 << 30, done=done)
+    assert_that(counts | beam.Map(lambda c: c.records_read), equal_to([25, 30]))
+    total = counts | beam.CombineGlobally(RunCounts.total)
+    assert_that(total | beam.Map(lambda c: (c.records_in("predictions"), c.rows_in["b"])),
+                equal_to([(55, 55)]), label="Total")
+  written = glob.glob(os.path.join(settings.run.files_dir, "predictions-*"))
+  ids = sorted(r["id"].bytes_list.value[0] for r in _rows(written))
+  assert ids == sorted([f"p0-{i}".encode() for i in range(25)]
+                       + [f"p1-{i}".encode() for i in range(30)])
+  assert len(unit_commits.read_commits(settings.run)) == 2
 
 
 _VALID = _records(8, seed=9)
+
+
+@pytest.fixture(scope="module")
+def scorer(spec):
+  with CascadeSession(spec) as session:
+    yield ChunkScorer(session, "tfrecord", ["id"], True)
 
 
 @settings(max_examples=60, deadline=None,
@@ -145,76 +161,48 @@ _VALID = _records(8, seed=9)
 # Found by this test: TF's parser accepts the record, the raw passthrough copy
 # of `id` does not; it must become a dead letter, not a crash.
 @example(mutations=[(0, [(280, 15)], 0)])
-def test_mutated_examples_are_all_accounted_for(dofn, mutations):
+def test_mutated_examples_are_all_accounted_for(scorer, mutations):
   """Byte flips and truncations of Example protos: never a crash, and every
   record is either written or dead-lettered."""
-  import io  # pylint: disable=g-import-not-at-top
   records = []
   for source, flips, cut in mutations:
     data = bytearray(_VALID[source])
     for pos, value in flips:
       data[pos % len(data)] = value
     records.append(bytes(data[:max(len(data) - cut, 0)]))
-  outputs = process_bundle(dofn, [RecordChunk("fuzz", list(enumerate(records)))])
-  written = sum(1 for o in outputs if isinstance(o, tuple)
-                for _ in framing.iter_records(io.BytesIO(o[1]), "blob"))
-  dead = [o.value for o in outputs
-          if isinstance(o, beam.pvalue.TaggedOutput) and o.tag == DEAD_LETTER_TAG]
-  assert written + len(dead) == len(records)
-  assert len({d["index"] for d in dead}) == len(dead)
-  assert all(d["error"] for d in dead)
+  scored = scorer.score(RecordChunk("fuzz", list(enumerate(records))))
+  written = sum(1 for _, blob in scored.blobs
+                for _ in framing.iter_records(io.BytesIO(blob), "blob"))
+  assert written == sum(n for n, _ in scored.blobs)
+  assert written + len(scored.dead_letters) == len(records)
+  assert len({d["index"] for d in scored.dead_letters}) == len(scored.dead_letters)
+  assert all(d["error"] for d in scored.dead_letters)
 
 
 @pytest.mark.slow
-def test_one_big_file_is_split_over_two_workers(tmp_path):
-  """1M records in ONE uncompressed file: byte-range splits from its index
-  are read independently (on 2 worker processes), none lost or doubled.
-
-  Which process gets which range is the runner's choice, so the check is on
-  the ranges: every chunk lies inside one planned range, and each range is
-  read completely, exactly once."""
-  n = 1_000_000
-  path = str(tmp_path / "big.tfrecord")
-  with open(path, "wb") as f:
-    for start in range(0, n, 100_000):
-      f.write(framing.frame_records([b"%d" % i for i in range(start, start + 100_000)]))
-  framing.write_index(framing.build_index(path), framing.index_path(path))
-  size = os.path.getsize(path)
-  out = str(tmp_path / "seen")
+def test_one_big_file_is_split_over_two_workers(spec, tmp_path):
+  """60k records in ONE uncompressed file, split into byte ranges from its
+  index, scored by 2 worker processes: each planned range is one unit,
+  committed once, and every record is written exactly once."""
+  n = 60_000
+  file = _input_file(tmp_path / "big.tfrecord", _records(n, seed=7))
+  framing.write_index(framing.build_index(file.path), framing.index_path(file.path))
+  split = file.size // 8
+  planned = plan_ranges(file, split, 1 << 20)
+  assert len(planned) >= 8
+  settings = _settings(tmp_path / "out", chunk_size=1024)
   options = PipelineOptions(DIRECT + ["--direct_running_mode=multi_processing",
                                       "--direct_num_workers=2"])
   with beam.Pipeline(options=options) as p:
-    chunks = p | ReadRecordChunks([(path, "none", size)], chunk_size=4096,
-                                  max_record_bytes=1 << 20, on_corrupt="fail",
-                                  split_bytes=size // 8)
-    _ = (chunks.chunks
-         | beam.Map(lambda c: "%d %d %d %d" % (
-             os.getpid(), c.records[0][0], len(c.records),
-             sum(int(r) == i for i, r in c.records)))
-         | beam.io.WriteToText(out))
-  chunks_seen, covered = [], np.zeros(n, dtype=np.int64)
-  for name in os.listdir(tmp_path):
-    if name.startswith("seen"):
-      for line in open(tmp_path / name):
-        _, first, count, matching = map(int, line.split())
-        assert matching == count  # each record sits at its own index
-        chunks_seen.append((first, count))
-        covered[first:first + count] += 1
-  assert (covered == 1).all()
-  planned = math.ceil(size / (size // 8))  # as _PlanRanges: size / split_bytes
-  starts = [start for start, _, _ in framing.split_ranges(
-      framing.read_index(framing.index_path(path)), planned)] + [n]
-  assert len(starts) == planned + 1 >= 9
-  for first, count in chunks_seen:
-    inside = bisect.bisect_right(starts, first) - 1
-    assert first + count <= starts[inside + 1], "a chunk straddles two ranges"
-
-
-def test_jsonl_copies_raw_passthrough(spec):
-  """`id` is not in spec.passthrough here, so it is copied from the records."""
-  import json  # pylint: disable=g-import-not-at-top
-  records = _records(5, seed=2)
-  blobs = _encoded_blobs(spec, "jsonl", records)
-  rows = [json.loads(line) for blob in blobs for line in blob.decode().splitlines()]
-  assert [r["id"] for r in rows] == [[f"id-{i}"] for i in range(5)]
-  assert all(len(r["a/logits"]) == 10 for r in rows)
+    _ = (p | ScoreUnits([file], spec, "tfrecord", ["id"], True, settings, split_bytes=split)
+         | beam.Map(lambda c: c.records_read))
+  commits = unit_commits.read_commits(settings.run)
+  assert sorted(commits) == sorted(unit_commits.unit_key(t) for t in planned)
+  for task in planned:
+    committed = commits[unit_commits.unit_key(task)]
+    assert ReadRange(*committed.task) == task
+    assert committed.input_bytes == task.end_offset - task.start_offset
+  assert sum(c.counts.records_read for c in commits.values()) == n
+  ids = [r["id"].bytes_list.value[0] for c in commits.values()
+         for r in _rows([f.path for f in c.counts.files if f.kind == "predictions"])]
+  assert sorted(ids) == sorted(f"id-{i}".encode() for i in range(n))

@@ -14,6 +14,7 @@ import pytest
 from tfcascade.pipeline import tune
 from tfcascade.pipeline.cli import main
 from tfcascade.pipeline.config import load_config
+from tfcascade.transforms.reading.record_ranges import InputFile
 from tfcascade.pipeline.demo import build, dataset
 from tests import tiny_models as tm
 from tfcascade.transforms.engine import CascadeSession
@@ -114,7 +115,7 @@ def test_the_printed_set_line_gives_the_recommended_share_and_accuracy(demo, res
   flag, assignment = shlex.split(gate["set"])
   assert flag == "--set" and assignment.startswith("stages.b.run_if=a.confidence < ")
   config = load_config(LOCAL, _overrides(demo) + [assignment])
-  records = tune.read_sample([(f, "gzip", 1) for f in
+  records = tune.read_sample([InputFile(f, "gzip", 1) for f in
                               sorted(map(str, (demo / "data").glob("*.tfrecord.gz")))],
                              RECORDS, 1 << 20)
   with CascadeSession(config.cascade_spec()) as session:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -26,13 +26,13 @@ _TIMING_REPEATS = 3
 # --- the sample ---------------------------------------------------------------
 
 
-def read_sample(files: Sequence[Tuple[str, str, int]], n: int,
+def read_sample(files: Sequence, n: int,
                 max_record_bytes: int) -> List[bytes]:
   """Up to n records: the first ceil(n / files) of each file, then more from
   the files that have more, until n."""
   from tfcascade.pipeline.inspection.tfrecord_info import read_records  # pylint: disable=g-import-not-at-top
   from tfcascade.transforms.formats import tfrecord_framing as framing  # pylint: disable=g-import-not-at-top
-  open_files = [(p, c) for p, c, size in files if size]
+  open_files = [(f.path, f.compression) for f in files if f.size]
   taken: Dict[str, List[bytes]] = {p: [] for p, _ in open_files}
   total = 0
   try:

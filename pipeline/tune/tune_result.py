@@ -64,7 +64,7 @@ def tune(config, label: str, sample: int = DEFAULT_SAMPLE,
                     f"{' / '.join(PREDICTION_OUTPUTS)}: name its prediction with "
                     f"--prediction {first}.<output>")
   if records is None:
-    from tfcascade.pipeline.beam_job import match_inputs  # pylint: disable=g-import-not-at-top
+    from tfcascade.pipeline.run_plan import match_inputs  # pylint: disable=g-import-not-at-top
     records = read_sample(match_inputs(config), sample, config.input.max_record_bytes)
   if not records:
     raise TuneError("the input holds no records")

@@ -22,6 +22,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
 
 from tfcascade.transforms.engine.gate import OPERATORS, Gate, parse_gate
+from tfcascade.transforms.engine.pinning import verify_pins
 from tfcascade.transforms.engine.sources import PlacedModel, place_model
 from tfcascade.transforms.engine.spec import (FEATURE_DTYPES, CascadeError, CascadeSpec,
                                     FeatureSpec, StageSpec)
@@ -342,6 +343,9 @@ class CascadeSession:
     self._passthrough_names = list(self.cascade.passthrough)
     self._stage_names = list(self.cascade.rows_run)
     graph = self.cascade.graph
+    # The files the launcher pinned, before and after restoring: a checkpoint
+    # rewritten in place while this worker starts fails the run, never mixes.
+    verify_pins(spec, "since the launcher planned the run")
     self._session = tf.compat.v1.Session(graph=graph, config=session_config(spec))
     try:
       with graph.as_default():  # Saver.restore refuses to run eagerly
@@ -352,6 +356,7 @@ class CascadeSession:
             raise CascadeError(f"stage '{name}': restoring {model.checkpoint.prefix}"
                                f" failed: {e.message.splitlines()[0]}") from e
       graph.finalize()
+      verify_pins(spec, "while this worker restored it")
       self._callable = self._make_callable(
           list(self.cascade.fetches.values()) + list(self.cascade.passthrough.values())
           + list(self.cascade.rows_run.values()))

@@ -38,8 +38,43 @@ def resolve_prefix(path: str, stage: str) -> str:
   """Returns the checkpoint prefix for `path` (a prefix or a directory).
 
   Raises:
-    CascadeError: naming the stage and path when no checkpoint is there.
+    CascadeError: naming the stage and path when no checkpoint is there, or
+      when TensorFlow cannot read the one there (check_readable_prefix).
   """
+  return check_readable_prefix(_find_prefix(path, stage), stage)
+
+
+# TensorFlow finds a checkpoint by globbing "<prefix>.index" (Saver.restore,
+# tf.train.load_checkpoint and the RestoreV2 op alike), then reads the prefix
+# as written. In a glob, `[...]` is a character class and `\` an escape, so a
+# prefix holding them can miss its own files: TF then reports the checkpoint
+# missing. `*` and `?` match themselves: such prefixes read fine.
+_TF_GLOB_CHARS = "[*?\\"
+
+
+def check_readable_prefix(prefix: str, stage: str) -> str:
+  """`prefix` if TensorFlow can restore it; else one CascadeError that names
+  the path and says what to do (no TF "not found" error from a worker).
+
+  Exactly TF's test: its glob of "<prefix>.index" finds something.
+  """
+  if not any(c in prefix for c in _TF_GLOB_CHARS):
+    return prefix
+  try:
+    found = tf.io.gfile.glob(prefix + ".index")
+  except tf.errors.OpError:
+    found = []
+  if found:
+    return prefix
+  raise CascadeError(
+      f"stage '{stage}': TensorFlow cannot read the checkpoint {prefix}: it looks "
+      f"checkpoints up as a glob pattern, and the '[...]' or '\\' in this path "
+      f"stops the pattern matching the checkpoint's own files. Rename the folder, "
+      f"or name it through a symlink whose path has no '[' or '\\' "
+      f"(spaces, non-ASCII letters, '*' and '?' are fine)")
+
+
+def _find_prefix(path: str, stage: str) -> str:
   if tf.io.gfile.exists(path + ".index"):
     return path
   match = re.fullmatch(r"(.+)\.(index|data-\d+-of-\d+)", path)
@@ -47,12 +82,19 @@ def resolve_prefix(path: str, stage: str) -> str:
     return match.group(1)  # a file of the checkpoint given: its prefix
   if tf.io.gfile.isdir(path):
     try:
-      latest = tf.train.latest_checkpoint(path)
+      state = tf.train.get_checkpoint_state(path)  # latest_checkpoint, less its glob
+      latest = state.model_checkpoint_path if state else None
     except Exception:  # pylint: disable=broad-except; a damaged `checkpoint` file
       latest = None
-    if latest and tf.io.gfile.exists(latest + ".index"):
-      return latest
-    indexes = sorted(tf.io.gfile.glob(path.rstrip("/") + "/*.index"))
+    if latest:
+      # Savers write absolute paths: in a folder copied, moved or reached by
+      # a symlink, the latest checkpoint is the one of that name HERE.
+      here = f"{path.rstrip('/')}/{latest.rstrip('/').rsplit('/', 1)[-1]}"
+      for candidate in (here, latest):
+        if tf.io.gfile.exists(candidate + ".index"):
+          return candidate
+    indexes = sorted(f"{path.rstrip('/')}/{name}" for name in tf.io.gfile.listdir(path)
+                     if name.endswith(".index"))  # listed: the path is no glob
     if len(indexes) == 1:  # no `checkpoint` state file, one checkpoint: use it
       return indexes[0][:-len(".index")]
     raise CascadeError(

@@ -84,6 +84,8 @@ class StageSpec:
       builder's returned key).
     run_if: optional gate, e.g. "a.confidence < 0.9".
     fill_value: value of this stage's outputs on rows the gate did not pass.
+    fingerprints: (file, "sha256:...") pinned by the launcher (see
+      engine.pinning); workers check them before scoring. Empty: not pinned.
   """
   name: str
   source: ModelSource
@@ -93,6 +95,7 @@ class StageSpec:
   outputs: Mapping[str, str]
   run_if: Optional[str] = None
   fill_value: float = 0.0
+  fingerprints: Tuple[Tuple[str, str], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

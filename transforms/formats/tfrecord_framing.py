@@ -46,6 +46,11 @@ _CHECKED_HEADERS = 4096  # distinct record headers remembered per file
 COMPRESSIONS = ("auto", "none", "gzip")  # what a config may ask for
 
 DEFAULT_MAX_RECORD_BYTES = 64 << 20
+# Serialized bytes per chunk (config `batch_bytes`): several copies of a chunk
+# are alive at once (its bytes, the parsed tensors, the encoded output), so
+# records of ~160 KB at 1024 a chunk would hold GBs. Chosen by measurement:
+# benchmarks/WIDE_RECORDS.md.
+DEFAULT_BATCH_BYTES = 32 << 20
 
 # What a damaged gzip stream raises from read(); anything else (a network
 # OSError, say) is a real I/O failure and must not be mistaken for damage.
@@ -231,6 +236,7 @@ def iter_records(stream: BinaryIO, path: str, *,
 
 def read_record_chunks(path: str, *, compression: str = "auto",
                        chunk_size: int = 1024,
+                       chunk_bytes: Optional[int] = None,
                        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
                        start_offset: int = 0,
                        end_offset: Optional[int] = None,
@@ -246,6 +252,9 @@ def read_record_chunks(path: str, *, compression: str = "auto",
     path: the file.
     compression: "auto", "none" or "gzip" (see detect_compression).
     chunk_size: records per yielded list.
+    chunk_bytes: a list also ends before a record that would take its
+      records' bytes past this (None: no byte cap); a record larger than that
+      is a list alone.
     max_record_bytes: largest record accepted (see iter_records).
     start_offset: first byte of the range; must be a record boundary.
     end_offset: records starting at or after this offset are left to the next
@@ -256,14 +265,15 @@ def read_record_chunks(path: str, *, compression: str = "auto",
       decompression happens here.
 
   Yields:
-    Lists of up to `chunk_size` (index, data) pairs.
+    Lists of up to `chunk_size` (index, data) pairs holding at most
+    `chunk_bytes` bytes of data (but for a single larger record).
 
   Raises:
     CorruptRecordError: damaged framing (after the good chunks before it).
     ValueError: bad arguments, or a byte range on a gzip file (a gzip stream
       cannot be entered in the middle).
   """
-  _check_chunk_args(path, chunk_size, start_offset, end_offset)
+  _check_chunk_args(path, chunk_size, chunk_bytes, start_offset, end_offset)
   ranged = start_offset > 0 or end_offset is not None
   compression = _compression_from_name(path, compression)
   _check_rangeable(path, compression, ranged)
@@ -277,7 +287,7 @@ def read_record_chunks(path: str, *, compression: str = "auto",
     if start_offset:
       raw.seek(start_offset)
     with _decompressed(raw, compression) as stream:
-      yield from _chunked(stream, path, chunk_size, max_record_bytes,
+      yield from _chunked(stream, path, chunk_size, chunk_bytes, max_record_bytes,
                           start_index, start_offset, end_offset)
 
 
@@ -447,19 +457,24 @@ def split_ranges(entries: List[IndexEntry], num_splits: int
   return [(s, bounds[s], bounds[e]) for s, e in zip(cuts, ends)]
 
 
-def _chunked(stream, path, chunk_size, max_record_bytes, start_index,
+def _chunked(stream, path, chunk_size, chunk_bytes, max_record_bytes, start_index,
              start_offset, end_offset):
   """Groups iter_records into lists; yields the good tail before raising."""
   chunk: List[Tuple[int, bytes]] = []
+  held = 0
   records = iter_records(stream, path, max_record_bytes=max_record_bytes,
                          start_index=start_index, start_offset=start_offset,
                          end_offset=end_offset)
   try:
     for index, _, data in records:
+      if chunk_bytes and chunk and held + len(data) > chunk_bytes:
+        yield chunk  # this record would take the chunk past its byte cap
+        chunk, held = [], 0
       chunk.append((index, data))
-      if len(chunk) == chunk_size:
+      held += len(data)
+      if len(chunk) == chunk_size or (chunk_bytes and held >= chunk_bytes):
         yield chunk
-        chunk = []
+        chunk, held = [], 0
   except CorruptRecordError:
     if chunk:
       yield chunk
@@ -490,11 +505,13 @@ def _truncation_reason(length: int, got: int) -> str:
   return f"truncated record: data CRC cut short ({got - length} of 4 bytes)"
 
 
-def _check_chunk_args(path: str, chunk_size: int, start_offset: int,
-                      end_offset: Optional[int]) -> None:
+def _check_chunk_args(path: str, chunk_size: int, chunk_bytes: Optional[int],
+                      start_offset: int, end_offset: Optional[int]) -> None:
   """ValueError for a chunk size or byte range read_record_chunks refuses."""
   if chunk_size < 1:
     raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+  if chunk_bytes is not None and chunk_bytes < 1:
+    raise ValueError(f"chunk_bytes must be >= 1 (or None), got {chunk_bytes}")
   if start_offset < 0 or (end_offset is not None and end_offset < start_offset):
     raise ValueError(
         f"bad byte range [{start_offset}, {end_offset}) for {path}")

@@ -58,7 +58,7 @@ def summarize(counts: RunCounts, info: dict) -> dict:
   Args:
     counts: the run's summed counts.
     info: what the launcher knew (runner, start, stages, run id, limits); see
-      `tfcascade.pipeline.beam_job.run_info`.
+      `tfcascade.pipeline.run_plan.run_info`.
   """
   read = counts.records_read
   written = counts.records_in(PREDICTIONS)
@@ -70,7 +70,9 @@ def summarize(counts: RunCounts, info: dict) -> dict:
                     **{k: v for k, v in stage.items() if k != "name"}}
   return {
       "run_id": info["run_id"],
+      "run_key": info.get("run_key"),
       "records_read": read,
+      "records_resumed": counts.records_resumed,
       "records_written": written,
       "records_dead_lettered": dead,
       "accounted": read == written + dead,
@@ -116,6 +118,8 @@ def finalize(counts: RunCounts, output_path: str, run_id: str, info: dict):
   files = sorted(counts.files)  # committed attempts only
   if not any(f.kind == PREDICTIONS for f in files):
     files.append(_empty_predictions_file(run, info))
+  if info.get("num_shards"):
+    files = _merge_predictions(run, files, info["num_shards"])
   journal = _publish_plan(output_path, files, summary)
   write_json(join(run.run_dir, JOURNAL), journal)
   apply_journal(run, journal)
@@ -149,6 +153,31 @@ def _empty_predictions_file(run, info) -> WrittenFile:
   return WrittenFile(PREDICTIONS, path, 0)
 
 
+def _merge_predictions(run, files: List[WrittenFile], shards: int) -> List[WrittenFile]:
+  """output.num_shards: the units' prediction files concatenated into that
+  many staged files (TFRecord frames, gzip members and JSON lines all stay
+  valid when concatenated). It copies the whole output once, on this one
+  worker: the price of choosing the file count."""
+  predictions = [f for f in files if f.kind == PREDICTIONS]
+  if len(predictions) <= shards:
+    return files
+  merged = []
+  suffix = _suffix(predictions[0].path, PREDICTIONS)
+  for shard in range(shards):
+    group = predictions[shard::shards]
+    path = join(run.files_dir, f"{PREDICTIONS}-merged{shard:05d}{suffix}")
+    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as out:
+      for f in group:
+        with FileSystems.open(f.path, compression_type=CompressionTypes.UNCOMPRESSED) as src:
+          while True:
+            block = src.read(1 << 22)
+            if not block:
+              break
+            out.write(block)
+    merged.append(WrittenFile(PREDICTIONS, path, sum(f.records for f in group)))
+  return [f for f in files if f.kind != PREDICTIONS] + merged
+
+
 def _publish_plan(output_path: str, files: List[WrittenFile], summary: dict) -> dict:
   """The journal: what to move where, what of the old output to delete."""
   moves = []
@@ -160,7 +189,7 @@ def _publish_plan(output_path: str, files: List[WrittenFile], summary: dict) -> 
       suffix = _suffix(f.path, kind)
       moves.append([f.path, join(directory, f"{kind}-{i:05d}-of-{len(of_kind):05d}{suffix}")])
   destinations = {dst for _, dst in moves}
-  old = [p for pattern in layout.PUBLISHED for p in layout.matches(join(output_path, pattern))
+  old = [p for pattern in layout.PUBLISHED for p in layout.matches_under(output_path, pattern)
          if p not in destinations]
   return {"moves": moves, "delete": sorted(old), "summary": summary}
 
@@ -192,7 +221,7 @@ def apply_journal(run, journal: dict) -> None:
     f.write(b"")
   layout.delete_tree(run.run_dir)
   staging_root = join(output_path, layout.STAGING)
-  if not layout.matches(join(staging_root, "**")):
+  if not layout.matches_under(staging_root, "**"):
     layout.delete_paths([staging_root])
 
 

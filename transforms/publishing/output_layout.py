@@ -11,6 +11,11 @@ FileSystems path: local, gs://, ...).
 <output>/_staging/<run id>/files/...                  what its workers wrote
 <output>/_staging/<run id>/PUBLISH.json               the publish journal
 ```
+
+Output paths are literal: `out [v2]` is a folder with brackets in its name,
+never a glob (transforms/paths.py says why that needs care). Globs appear
+only where this module's callers write them, relative to a literal folder:
+`matches_under(output_path, "predictions-*")`.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import json
 from typing import Iterable, List
 
 from apache_beam.io.filesystems import FileSystems
+
+from tfcascade.transforms import paths
 
 SUCCESS = "_SUCCESS"
 SUMMARY = "run_summary.json"
@@ -38,31 +45,39 @@ def join(*parts: str) -> str:
 
 
 def exists(path: str) -> bool:
+  """Whether the literal path exists (FileSystems.exists does not glob)."""
   return FileSystems.exists(path)
 
 
+def matches_under(directory: str, pattern: str) -> List[str]:
+  """Paths under the literal folder `directory` matching the glob `pattern`
+  (relative to it: "predictions-*", "**"); [] when nothing does."""
+  return [m.path for m in paths.match_under(directory, pattern)]
+
+
 def matches(pattern: str) -> List[str]:
-  """Paths matching a glob; [] when nothing does."""
+  """Paths matching a glob, ALL of which is read as a glob ([] when nothing
+  does): for a glob under an output folder, use matches_under."""
   return [m.path for m in FileSystems.match([pattern])[0].metadata_list]
 
 
 def modified_seconds(path: str) -> float:
   """The file's last-modified time (epoch seconds), 0 when unknown."""
-  found = FileSystems.match([path])[0].metadata_list
-  return float(found[0].last_updated_in_seconds or 0) if found else 0.0
+  found = paths.file_metadata(path)
+  return float(found.last_updated_in_seconds or 0) if found else 0.0
 
 
-def delete_paths(paths: Iterable[str]) -> None:
-  """Deletes what exists; deepest first, so a directory never goes before
-  its contents."""
-  for path in sorted(set(paths), key=len, reverse=True):
+def delete_paths(names: Iterable[str]) -> None:
+  """Deletes what exists of these literal paths; deepest first, so a
+  directory never goes before its contents."""
+  for path in sorted(set(names), key=len, reverse=True):
     if FileSystems.exists(path):
-      FileSystems.delete([path])
+      paths.delete_literal(path)
 
 
 def delete_tree(path: str) -> None:
   """A directory and its contents; on object stores, every object under it."""
-  delete_paths(matches(join(path, "**")) + [path])
+  delete_paths(matches_under(path, "**") + [path])
 
 
 def read_json(path: str):

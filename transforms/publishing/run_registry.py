@@ -8,7 +8,8 @@ never write into each other's files, and the rules below decide who goes on:
   a failed run is there), when it was started on this host by a launcher
   process that no longer exists, or when its heartbeat is older than
   `STALE_AFTER_S`. The launcher beats while it waits, and so do the workers
-  while they score (tfcascade.transforms.beam.score_chunks, the Spark task), so a submitted-only job (a
+  while they score (transforms.beam.score_units, the Spark task), so a
+  submitted-only job (a
   Dataflow template launch, whose launcher exits at once) stays alive while
   it works; it gets `DETACHED_STALE_AFTER_S` for its workers to start. A dead
   run's directory is removed by the next run;
@@ -84,7 +85,7 @@ def runs(output_path: str) -> List[RunStaging]:
   """Every run directory under the output's _staging/."""
   root = layout.join(output_path, layout.STAGING)
   ids = set()
-  for path in layout.matches(layout.join(root, "**")):
+  for path in layout.matches_under(root, "**"):
     relative = path[len(root):].lstrip("/")
     if "/" in relative:
       ids.add(relative.split("/", 1)[0])

@@ -1,9 +1,14 @@
 """Reading TFRecord files as chunks of records with provenance (any engine).
 
 One element per record costs ~5 us in Beam (docs/design.md, fact 6), so records
-travel in chunks of `batch_size`: `RecordChunk(source, [(index, bytes), ...])`.
-Big uncompressed files are split into byte ranges on record boundaries so
-several workers share one file.
+travel in chunks of `batch_size` records (and at most `batch_bytes` bytes):
+`RecordChunk(source, [(index, bytes), ...])`. Big uncompressed files are split
+into byte ranges on record boundaries so several workers share one file.
+
+Input files are pinned when the launcher plans the run (`InputFile`: size and
+modification time); the reader checks the pin before and after it reads a
+range, so a file rewritten or appended to in between fails the run naming it
+instead of being read half old, half new.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ from apache_beam.io.filesystems import FileSystems
 
 from tfcascade.transforms.formats import dead_letters
 from tfcascade.transforms.formats import tfrecord_framing as framing
+from tfcascade.transforms.paths import literal_pattern
 
-__all__ = ["RecordChunk", "ReadRange", "CorruptInputError", "open_raw",
-           "plan_ranges", "read_range"]
+__all__ = ["InputFile", "RecordChunk", "ReadRange", "CorruptInputError",
+           "InputChangedError", "file_pin", "open_raw", "plan_ranges", "read_range"]
 
 _LOG = logging.getLogger("tfcascade")
 
@@ -29,15 +35,56 @@ class RecordChunk(NamedTuple):
   records: List[Tuple[int, bytes]]  # (0-based index in source, serialized bytes)
 
 
+class InputFile(NamedTuple):
+  """An input file as the launcher planned it (its pin: size, modified)."""
+  path: str
+  compression: str  # "none" | "gzip"
+  size: int
+  modified: float = 0.0  # last-modified epoch seconds; 0: the file system has none
+
+
 class ReadRange(NamedTuple):
   """A slice of one file: records from start_index at start_offset up to
-  end_offset (exclusive; None = end of file)."""
+  end_offset (exclusive; None = end of file), and the file's pin (size -1:
+  not pinned)."""
   path: str
   compression: str
   start_index: int = 0
   start_offset: int = 0
   end_offset: Optional[int] = None
+  size: int = -1
+  modified: float = 0.0
 
+  @property
+  def input_bytes(self) -> int:
+    """The range's bytes of its (compressed) file."""
+    end = self.end_offset if self.end_offset is not None else max(self.size, 0)
+    return max(end - self.start_offset, 0)
+
+
+class InputChangedError(RuntimeError):
+  """An input file changed between the launcher's plan and its reading."""
+
+
+def file_pin(path: str) -> Tuple[int, float]:
+  """(size, modified) of a file as its file system reports them now."""
+  found = FileSystems.match([literal_pattern(path)])[0].metadata_list
+  if not found:
+    return -1, 0.0
+  return found[0].size_in_bytes, float(found[0].last_updated_in_seconds or 0.0)
+
+
+def _check_pin(task: ReadRange, when: str) -> None:
+  if task.size < 0:
+    return
+  size, modified = file_pin(task.path)
+  if (size, modified) != (task.size, task.modified):
+    found = "is gone" if size < 0 else (
+        f"is now {size:,} bytes modified at {modified:.3f}, planned {task.size:,} bytes "
+        f"modified at {task.modified:.3f}")
+    raise InputChangedError(
+        f"input file {task.path} changed {when}: it {found}; nothing of this run is "
+        f"published. Rerun to read the files as they are now")
 
 def open_raw(path):
   """Opens any Beam FileSystems path as raw bytes.
@@ -47,24 +94,26 @@ def open_raw(path):
   return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
-def plan_ranges(file: Tuple[str, str, int], split_bytes: int,
+def plan_ranges(file: InputFile, split_bytes: int,
                 max_record_bytes: int) -> List[ReadRange]:
   """The ReadRanges of one input file: the whole file, or (a big uncompressed
   one) byte ranges on record boundaries from its tfrecord2idx index or a scan.
+  Each carries the file's pin.
 
   Args:
-    file: (path, compression "none"|"gzip", size in bytes).
+    file: the pinned input file.
     split_bytes: files larger than this are split.
     max_record_bytes: largest record accepted while scanning.
   """
-  path, compression, size = file
+  path, compression, size, modified = file
+  whole = [ReadRange(path, compression, size=size, modified=modified)]
   if compression != "none" or size <= split_bytes:
-    return [ReadRange(path, compression)]
+    return whole
   entries = _index(path, size, max_record_bytes)
   if entries is None:  # damaged file: let the reader name the damage
-    return [ReadRange(path, compression)]
+    return whole
   splits = max(1, math.ceil(size / split_bytes))
-  return [ReadRange(path, compression, start_index, start, end)
+  return [ReadRange(path, compression, start_index, start, end, size, modified)
           for start_index, start, end in framing.split_ranges(entries, splits)]
 
 
@@ -86,21 +135,31 @@ def _index(path, size, max_record_bytes):
 
 
 def read_range(task: ReadRange, chunk_size: int, max_record_bytes: int,
-               on_corrupt: str) -> Iterator[Union[RecordChunk, dict]]:
-  """Reads one ReadRange: RecordChunks, then (damage under 'quarantine') one
+               on_corrupt: str, chunk_bytes: Optional[int] = None
+               ) -> Iterator[Union[RecordChunk, dict]]:
+  """Reads one ReadRange: RecordChunks of at most `chunk_size` records (and
+  `chunk_bytes` bytes, when given), then (damage under 'quarantine') one
   quarantine dead-letter entry for the rest of the range (a whole file, or
   one byte range of a split file: later ranges are read on their own).
 
   Raises:
     CorruptInputError: damaged framing under on_corrupt 'fail'.
+    InputChangedError: the file is not as the launcher pinned it (checked
+      before and after reading).
   """
+  _check_pin(task, "after the launcher planned the run")
+  yield from _read_checked(task, chunk_size, max_record_bytes, on_corrupt, chunk_bytes)
+  _check_pin(task, "while it was being read")
+
+
+def _read_checked(task, chunk_size, max_record_bytes, on_corrupt, chunk_bytes):
   salvaged = 0
   try:
     for chunk in framing.read_record_chunks(
         task.path, compression=task.compression, chunk_size=chunk_size,
-        max_record_bytes=max_record_bytes, start_offset=task.start_offset,
-        end_offset=task.end_offset, start_index=task.start_index,
-        open_fn=open_raw):
+        chunk_bytes=chunk_bytes, max_record_bytes=max_record_bytes,
+        start_offset=task.start_offset, end_offset=task.end_offset,
+        start_index=task.start_index, open_fn=open_raw):
       salvaged += len(chunk)
       yield RecordChunk(task.path, chunk)
   except framing.CorruptRecordError as e:

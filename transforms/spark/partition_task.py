@@ -1,13 +1,13 @@
-"""What one Spark task runs: its ReadRanges -> scored, written, counted.
+"""What one Spark task runs: its units (ReadRanges) -> scored, written,
+committed, counted.
 
-The Spark engine's worker side, built from the same pieces as the Beam job:
-the reader (`read_range`), the scorer (`ChunkScorer`: the one CascadeSession,
-bad-record isolation, encoding), the dead-letter schema and the staged-file
-writer (`ShardWriter`). A task attempt writes its own uniquely named files
-and returns its RunCounts; Spark keeps the result of one successful
-attempt per partition, so the driver publishes exactly the committed files
-(publishing.finalize) — a retried or speculative attempt's files are named
-nowhere and are deleted with the run's staging directory.
+The Spark engine's worker side is the Beam job's unit of work
+(`unit_runner.run_unit`: read, score with the process's one CascadeSession,
+write its own files, commit) run per ReadRange. A task attempt writes its
+own uniquely named files and returns their RunCounts; Spark keeps the result
+of one successful attempt per partition, so the driver publishes exactly the
+committed files (publishing.finalize) — a retried or speculative attempt's
+files are named nowhere and are deleted with the run's staging directory.
 
 No pyspark import at module level: Spark's Python workers import this module
 by name (so the per-process session cache below survives across tasks with
@@ -16,24 +16,24 @@ by name (so the per-process session cache below survives across tasks with
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import pickle
 import threading
-from typing import Dict, Iterable, Iterator, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, Optional, Sequence, Tuple
 
 from tfcascade.transforms.accounting import RunCounts
-from tfcascade.transforms.formats.dead_letters import entry_line
 from tfcascade.transforms.gpu_check import check_device
-from tfcascade.transforms.publishing import output_layout as layout
 from tfcascade.transforms.publishing import run_registry
-from tfcascade.transforms.reading.record_ranges import ReadRange, RecordChunk, read_range
+from tfcascade.transforms.reading.record_ranges import ReadRange
 from tfcascade.transforms.scoring.chunk_scorer import ChunkScorer
-from tfcascade.transforms.writing.shard_writer import ShardWriter
+from tfcascade.transforms.unit_runner import UnitSettings, run_unit
 
 # One scorer (one CascadeSession) per Python worker process, reused by every
 # task the process runs.
 _SCORERS: Dict[str, ChunkScorer] = {}
+_INFERRING: Optional[concurrent.futures.Executor] = None
 _LOCK = threading.Lock()
 
 
@@ -44,12 +44,7 @@ class TaskConfig:
   output_format: str
   passthrough: Sequence[str]
   reject_non_finite: bool
-  chunk_size: int
-  max_record_bytes: int
-  on_corrupt: str
-  predictions_suffix: str
-  compression: str
-  run: run_registry.RunStaging
+  settings: UnitSettings  # how units are read, written and committed
 
 
 def _threads_for(spec, cpus: int):
@@ -90,40 +85,22 @@ def spark_task(config: TaskConfig, ranges: Iterable[ReadRange]
 
 def score_partition(config: TaskConfig, ranges: Iterable[ReadRange],
                     cpus: int = 1) -> Iterator[RunCounts]:
-  """Reads, scores and writes a partition's ranges; yields its RunCounts."""
+  """Runs a partition's units (unit_runner.run_unit); yields one RunCounts
+  per unit (the first also counts a session this process opened for it)."""
   scorer, opened = _scorer(config, cpus)
-  run_registry.heartbeat(config.run)
-  counts = RunCounts(sessions_opened=int(opened))
-  writers = {kind: ShardWriter(config.run.files_dir, kind, suffix, compression)
-             for kind, suffix, compression in (
-                 (layout.PREDICTIONS, config.predictions_suffix, config.compression),
-                 (layout.DEAD_LETTER, ".jsonl", "none"),
-                 (layout.QUARANTINE, ".jsonl", "none"))}
+  run_registry.heartbeat(config.settings.run)
   for task in ranges:
-    for item in read_range(task, config.chunk_size, config.max_record_bytes,
-                           config.on_corrupt):
-      if isinstance(item, RecordChunk):
-        counts.records_read += len(item.records)
-        _score_chunk(scorer, item, writers, counts)
-      else:
-        counts.quarantined[item["source"]] += 1
-        _write_entry(writers[layout.QUARANTINE], item)
-  for writer in writers.values():
-    written = writer.close()
-    if written is not None:
-      counts.files.append(written)
-  yield counts
+    counts = run_unit(scorer, task, config.settings, _inferring())
+    counts.sessions_opened, opened = int(opened), False
+    yield counts
 
 
-def _score_chunk(scorer, chunk, writers, counts) -> None:
-  scored = scorer.score(chunk)
-  for records, blob in scored.blobs:
-    writers[layout.PREDICTIONS].write(blob, records)
-  for entry in scored.dead_letters:
-    _write_entry(writers[layout.DEAD_LETTER], entry)
-  counts.add(scored.counts())
-
-
-def _write_entry(writer: ShardWriter, entry: dict) -> None:
-  records, line = entry_line(entry)
-  writer.write(line, records)
+def _inferring() -> concurrent.futures.Executor:
+  """This process's one-thread pool for the session calls (one chunk deep
+  pipelining, as on Beam)."""
+  global _INFERRING  # pylint: disable=global-statement
+  with _LOCK:
+    if _INFERRING is None:
+      _INFERRING = concurrent.futures.ThreadPoolExecutor(
+          1, thread_name_prefix="tfcascade-infer")
+    return _INFERRING

@@ -8,19 +8,54 @@ attempt's file is named nowhere and is deleted with the run's staging
 directory. Records are counted here, where they are written: no second pass
 re-reads the output.
 
+A file that cannot be created, written or closed (a full disk, lost
+permissions) raises `OutputWriteError` naming the file and the OS error: the
+run fails (exit 1) before anything is published, so the previous output is
+untouched. The half-written file is deleted at once (best effort), so a full
+disk is not left fuller for the next attempt.
+
 Engine-agnostic (no Beam pipeline API): the Beam job and the Spark job both
 use `ShardWriter`.
 """
 
 from __future__ import annotations
 
+import errno
 import uuid
 from typing import Optional
 
-from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystem import CompressedFile, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from tfcascade.transforms.accounting import WrittenFile
+
+
+class OutputWriteError(RuntimeError):
+  """A staged output file could not be created, written or closed (a full
+  disk, lost permissions): nothing was published. A retry may cure it (space
+  freed, permissions restored), so the run FAILS (exit 1), not refused."""
+
+
+def _os_error(error: BaseException) -> Optional[OSError]:
+  """The OSError that says what went wrong: `error` itself, or the first one
+  Beam's BeamIOError (an OSError without an errno) wraps per path."""
+  details = getattr(error, "exception_details", None)
+  if isinstance(details, dict):
+    for inner in details.values():
+      if isinstance(inner, OSError):
+        return _os_error(inner)
+  return error if isinstance(error, OSError) else None
+
+
+def describe_os_error(error: OSError) -> str:
+  """"No space left on device (ENOSPC)": the OS's words and the errno's name
+  (what a user searches for); Python's own text when there is no errno."""
+  error = _os_error(error) or error
+  code = getattr(error, "errno", None)
+  if code is None:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+  name = errno.errorcode.get(code, f"errno {code}")
+  return f"{error.strerror or str(error)} ({name})"
 
 
 class ShardWriter:
@@ -34,23 +69,66 @@ class ShardWriter:
                compression: str = "none"):
     self.kind = kind
     self.path = FileSystems.join(directory, f"{kind}-{uuid.uuid4().hex}{suffix}")
-    self._compression = (CompressionTypes.GZIP if compression == "gzip"
-                         else CompressionTypes.UNCOMPRESSED)
-    self._file = None
+    self._gzip = compression == "gzip"
+    self._raw = None  # the file itself
+    self._file = None  # what is written to: the file, or gzip around it
     self.records = 0
 
   def write(self, blob: bytes, records: int) -> None:
-    """Appends `blob`, which holds `records` encoded records."""
+    """Appends `blob`, which holds `records` encoded records.
+
+    Raises:
+      OutputWriteError: the file cannot be created or written.
+    """
     if self._file is None:
-      self._file = FileSystems.create(self.path, mime_type="application/octet-stream",
-                                      compression_type=self._compression)
-    self._file.write(blob)
+      try:
+        self._raw = FileSystems.create(self.path, mime_type="application/octet-stream",
+                                       compression_type=CompressionTypes.UNCOMPRESSED)
+      except OSError as e:
+        raise self._failed("creating", e) from e
+      # Compressed here, not by FileSystems.create: a failed gzip close skips
+      # closing the file beneath, and _failed must close (free) it.
+      self._file = (CompressedFile(self._raw, CompressionTypes.GZIP) if self._gzip
+                    else self._raw)
+    try:
+      self._file.write(blob)
+    except OSError as e:
+      raise self._failed("writing", e) from e
     self.records += records
 
   def close(self) -> Optional[WrittenFile]:
-    """Closes the file; None when nothing was written."""
+    """Closes the file; None when nothing was written.
+
+    Raises:
+      OutputWriteError: the file's last bytes cannot be written.
+    """
     if self._file is None:
       return None
-    self._file.close()
-    self._file = None
+    try:
+      self._file.close()
+    except OSError as e:
+      raise self._failed("closing", e) from e
+    self._file = self._raw = None
     return WrittenFile(self.kind, self.path, self.records)
+
+  def _failed(self, doing: str, error: OSError) -> OutputWriteError:
+    """Drops the broken file (best effort: it is named nowhere, and on a full
+    disk its bytes are what the next attempt needs) and says what failed."""
+    for broken in (self._file, self._raw):  # gzip's close may skip the file's
+      if broken is not None:
+        try:
+          broken.close()
+        except Exception:  # pylint: disable=broad-except; it failed already
+          pass
+    self._file = self._raw = None
+    try:
+      FileSystems.delete([self.path])
+    except Exception:  # pylint: disable=broad-except; absent, or the run fails anyway
+      pass
+    cause = _os_error(error) or error
+    where = getattr(cause, "filename", None)
+    on = f" (at {where})" if where and where != self.path else ""
+    return OutputWriteError(
+        f"{doing} the staged output file {self.path} failed: "
+        f"{describe_os_error(error)}{on}; nothing was published and the "
+        f"previous output is untouched")

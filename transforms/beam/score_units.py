@@ -1,9 +1,13 @@
-"""Step 2 on Beam: RunCascade, RecordChunks -> encoded output blobs, dead
-letters and counts.
+"""The Beam adapter: input files -> units of work -> a RunCounts per unit.
+
+    ListInputFiles -> PlanUnits (byte ranges; units a dead run committed are
+    skipped) -> SpreadUnits (Reshuffle) -> ScoreUnits (unit_runner.run_unit)
 
 Each worker process holds ONE CascadeSession (one graph, one session, every
 model) behind one `beam.utils.shared.Shared` handle, however many threads or
-DoFn instances it runs (docs/design.md, fact 3).
+DoFn instances it runs (docs/design.md, fact 3). A unit's files and commit
+are written by the worker; its RunCounts come out as data, so the runner's
+commit of the bundle decides what this run publishes.
 """
 
 from __future__ import annotations
@@ -14,23 +18,21 @@ import logging
 import pickle
 import threading
 import time
-from typing import Dict, Optional, Sequence
+from typing import AbstractSet, Dict, Sequence
 
 import apache_beam as beam
-from apache_beam.transforms import window
 from apache_beam.utils import shared
 
 from tfcascade.transforms.gpu_check import check_device
-from tfcascade.transforms.metrics import ScoreMetrics
+from tfcascade.transforms.metrics import ReadMetrics, ScoreMetrics
 from tfcascade.transforms.publishing import run_registry
-from tfcascade.transforms.publishing.run_registry import RunStaging
-from tfcascade.transforms.reading.record_ranges import RecordChunk
+from tfcascade.transforms.publishing.unit_commits import unit_key
+from tfcascade.transforms.reading.record_ranges import InputFile, ReadRange, plan_ranges
 from tfcascade.transforms.scoring.chunk_scorer import ChunkScorer
+from tfcascade.transforms.unit_runner import UnitSettings, run_unit
 
-__all__ = ["RunCascade", "DEAD_LETTER_TAG", "COUNTS_TAG"]
+__all__ = ["ScoreUnits"]
 
-DEAD_LETTER_TAG = "dead_letter"
-COUNTS_TAG = "counts"
 _LOG = logging.getLogger("tfcascade")
 _PROGRESS_EVERY_S = 10.0
 
@@ -81,28 +83,37 @@ class _SharedSession:
                 f"{self._records:,}", rate, stages)
 
 
-class _CascadeDoFn(beam.DoFn):
-  """Scores RecordChunks (scoring.chunk_scorer) and emits what came out.
+class _PlanUnits(beam.DoFn):
+  """An input file -> its units (ReadRanges), minus those already done."""
 
-  One chunk deep pipelining: the session calls of chunk k+1 run in a helper
-  thread (TF releases the GIL) while this thread encodes chunk k and the
-  reader fused before us reads the next chunk. Outputs of the last chunk of a
-  bundle come out in finish_bundle.
-  """
+  def __init__(self, split_bytes: int, max_record_bytes: int, done: AbstractSet[str]):
+    self._split_bytes = split_bytes
+    self._max_record_bytes = max_record_bytes
+    self._done = frozenset(done)
+
+  def process(self, file: InputFile):
+    for task in plan_ranges(file, self._split_bytes, self._max_record_bytes):
+      if unit_key(task) not in self._done:
+        yield task
+
+
+class _ScoreUnitsDoFn(beam.DoFn):
+  """Runs units (unit_runner.run_unit) with this process's one session."""
 
   def __init__(self, spec, shared_handle, output_format: str,
                passthrough: Sequence[str], reject_non_finite: bool,
-               run: Optional[RunStaging] = None):
+               settings: UnitSettings):
     # Specs only: DoFns must pickle small. Initialized in setup().
     self._spec = spec
     self._shared = shared_handle
     self._output_format = output_format
     self._passthrough = tuple(passthrough)
     self._reject_non_finite = reject_non_finite
-    self._run = run
+    self._settings = settings
     self._tag = hashlib.sha256(pickle.dumps(spec)).hexdigest()
     self._shared_session = None
     self._metrics = ScoreMetrics(s.name for s in spec.stages)
+    self._read_metrics = ReadMetrics()
 
   def setup(self):
     from tfcascade.transforms.engine import CascadeSession  # pylint: disable=g-import-not-at-top; TF on workers only
@@ -116,43 +127,31 @@ class _CascadeDoFn(beam.DoFn):
     self._shared_session = self._shared.acquire(load, tag=self._tag)
     self._scorer = ChunkScorer(self._shared_session.session, self._output_format,
                                self._passthrough, self._reject_non_finite)
+    # One chunk deep pipelining: chunk k+1's session calls run here while
+    # this thread encodes and writes chunk k.
     self._inferring = concurrent.futures.ThreadPoolExecutor(
         1, thread_name_prefix="tfcascade-infer")
-    self._pending = None
 
   def start_bundle(self):
-    self._pending = None
     if self._shared_session.report_open_once():
       self._metrics.sessions_opened.inc()
       self._metrics.load_ms.update(self._shared_session.load_ms)
-    if self._run is not None and self._shared_session.heartbeat_due():
-      run_registry.heartbeat(self._run)
 
-  def process(self, chunk: RecordChunk):
-    inferring = self._inferring.submit(self._scorer.infer, chunk)
-    if self._pending is not None:
-      yield from self._finish(*self._pending)
-    self._pending = (chunk, inferring)
+  def process(self, task: ReadRange):
+    counts = run_unit(self._scorer, task, self._settings, self._inferring, self._scored)
+    self._read_metrics.records_read.inc(counts.records_read)
+    self._read_metrics.files_quarantined.inc(sum(counts.quarantined.values()))
+    yield counts
 
-  def finish_bundle(self):
-    if self._pending is not None:
-      pending, self._pending = self._pending, None
-      for output in self._finish(*pending):
-        if isinstance(output, beam.pvalue.TaggedOutput):
-          yield beam.pvalue.TaggedOutput(
-              output.tag, window.GlobalWindows.windowed_value(output.value))
-        else:
-          yield window.GlobalWindows.windowed_value(output)
-
-  def _finish(self, chunk, inferring):
-    """Encodes a chunk whose session calls are done (or waits for them)."""
-    scored = self._scorer.finish(chunk, inferring.result())
-    self._metrics.record(scored)  # informative; the accounting is the counts below
+  def _scored(self, scored) -> None:
+    """Metrics and the progress log (informative; the accounting is the
+    RunCounts emitted as data)."""
+    self._metrics.record(scored)
     self._shared_session.progress(scored.rows_scored, scored.rows_run)
-    yield beam.pvalue.TaggedOutput(COUNTS_TAG, scored.counts())
-    yield from scored.blobs
-    for entry in scored.dead_letters:
-      yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, entry)
+    # Workers beat the run's marker too, so a job whose launcher does not
+    # wait (a Dataflow template) is seen alive while it works.
+    if self._shared_session.heartbeat_due():
+      run_registry.heartbeat(self._settings.run)
 
   def teardown(self):
     # The session is shared by the process and closed when the Shared
@@ -162,41 +161,35 @@ class _CascadeDoFn(beam.DoFn):
     self._shared_session = self._scorer = self._inferring = None
 
 
-def process_bundle(dofn: _CascadeDoFn, chunks) -> list:
-  """Runs a set-up cascade DoFn over `chunks` as one bundle, outside a
-  pipeline (tests, benchmarks): every output, unwrapped from its window."""
-  dofn.start_bundle()
-  outputs = [o for chunk in chunks for o in dofn.process(chunk)]
-  for output in dofn.finish_bundle() or ():
-    if isinstance(output, beam.pvalue.TaggedOutput):
-      outputs.append(beam.pvalue.TaggedOutput(output.tag, output.value.value))
-    else:
-      outputs.append(output.value)
-  return outputs
-
-
-class RunCascade(beam.PTransform):
-  """RecordChunks -> (records, blob) pairs (main), dead letters and a
-  RunCounts per chunk (tagged).
+class ScoreUnits(beam.PTransform):
+  """Input files -> one RunCounts per unit scored, written and committed.
 
   Args:
-    spec: the engine's CascadeSpec.
-    output_format: "tfrecord" or "jsonl".
-    passthrough: input features copied to the output unchanged.
-    reject_non_finite: dead-letter rows whose outputs hold NaN/Inf.
-    run: the run's staging; workers beat its marker while they score, so a
-      job whose launcher does not wait (a Dataflow template) is seen alive by
-      other launches, and dead soon after it stops (publishing.run_registry).
+    files: every InputFile, matched and pinned on the launcher.
+    spec: the engine's CascadeSpec (models pinned).
+    output_format, passthrough, reject_non_finite: as in the config.
+    settings: the run's UnitSettings.
+    split_bytes: uncompressed files larger than this are split into ranges.
+    done: keys of units a dead run committed and this run adopted.
   """
 
-  def __init__(self, spec, output_format: str = "tfrecord",
-               passthrough: Sequence[str] = (), reject_non_finite: bool = True,
-               run: Optional[RunStaging] = None):
+  def __init__(self, files: Sequence[InputFile], spec, output_format: str,
+               passthrough: Sequence[str], reject_non_finite: bool,
+               settings: UnitSettings, split_bytes: int,
+               done: AbstractSet[str] = frozenset()):
     super().__init__()
-    self._args = (spec, output_format, passthrough, reject_non_finite, run)
+    self._files = list(files)
+    self._plan = _PlanUnits(split_bytes, settings.max_record_bytes, done)
+    self._score = (spec, output_format, passthrough, reject_non_finite, settings)
 
-  def expand(self, chunks):
-    spec, output_format, passthrough, reject_non_finite, run = self._args
-    return chunks | "ScoreChunks" >> beam.ParDo(_CascadeDoFn(
-        spec, shared.Shared(), output_format, passthrough, reject_non_finite,
-        run)).with_outputs(DEAD_LETTER_TAG, COUNTS_TAG, main="blobs")
+  def expand(self, pbegin):
+    spec, output_format, passthrough, reject_non_finite, settings = self._score
+    return (pbegin
+            | "ListInputFiles" >> beam.Create(self._files)
+            | "PlanUnits" >> beam.ParDo(self._plan)
+            # Spreads units over workers; without it they stay fused to the
+            # single Create bundle.
+            | "SpreadUnits" >> beam.Reshuffle()
+            | "ScoreUnits" >> beam.ParDo(_ScoreUnitsDoFn(
+                spec, shared.Shared(), output_format, passthrough,
+                reject_non_finite, settings)))

@@ -1,0 +1,113 @@
+"""One unit of work, the same on every engine: a ReadRange read, scored,
+written into its own staged files, and committed.
+
+    read (reading.record_ranges) -> score (scoring.chunk_scorer)
+      -> write (writing.shard_writer) -> commit (publishing.unit_commits)
+
+The Beam DoFn and the Spark task both call `run_unit` and differ only in how
+they hold the session and report metrics. A unit's files are its own (unique
+names), so a retried unit never appends to another attempt's file; its
+RunCounts come back as data for this run's accounting, and its commit lets
+the next run of the same output reuse it if this run dies.
+
+Memory: at most two chunks are in flight per unit (one being scored in the
+helper thread, the one before it being encoded and written), each capped in
+records and bytes by the reader.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from concurrent.futures import Executor
+from typing import Callable, Dict, Optional
+
+from tfcascade.transforms.accounting import RunCounts
+from tfcascade.transforms.formats.dead_letters import entry_line
+from tfcascade.transforms.publishing import output_layout as layout
+from tfcascade.transforms.publishing import unit_commits
+from tfcascade.transforms.publishing.run_registry import RunStaging
+from tfcascade.transforms.reading.record_ranges import ReadRange, RecordChunk, read_range
+from tfcascade.transforms.scoring.chunk_scorer import ChunkScorer, ScoredChunk
+from tfcascade.transforms.writing.shard_writer import ShardWriter
+
+
+@dataclasses.dataclass(frozen=True)
+class UnitSettings:
+  """How every unit of a run is read, written and committed (picklable)."""
+  run: RunStaging
+  run_key: str
+  chunk_size: int  # records per chunk (batch_size)
+  chunk_bytes: int  # bytes per chunk (batch_bytes)
+  max_record_bytes: int
+  on_corrupt: str
+  predictions_suffix: str
+  compression: str  # of the predictions
+
+
+def _writers(settings: UnitSettings) -> Dict[str, ShardWriter]:
+  directory = settings.run.files_dir
+  return {layout.PREDICTIONS: ShardWriter(directory, layout.PREDICTIONS,
+                                          settings.predictions_suffix, settings.compression),
+          layout.DEAD_LETTER: ShardWriter(directory, layout.DEAD_LETTER, ".jsonl"),
+          layout.QUARANTINE: ShardWriter(directory, layout.QUARANTINE, ".jsonl")}
+
+
+def _write_entry(writer: ShardWriter, entry: dict) -> None:
+  records, line = entry_line(entry)
+  writer.write(line, records)
+
+
+def run_unit(scorer: ChunkScorer, task: ReadRange, settings: UnitSettings,
+             inferring: Optional[Executor] = None,
+             on_scored: Optional[Callable[[ScoredChunk], None]] = None) -> RunCounts:
+  """Reads, scores, writes and commits one unit; returns its RunCounts.
+
+  Args:
+    scorer: the process's ChunkScorer (its one session).
+    task: the unit's range.
+    settings: the run's UnitSettings.
+    inferring: a one-thread executor: the session calls of chunk k+1 run
+      there (TF releases the GIL) while this thread encodes and writes chunk
+      k. None: one chunk at a time.
+    on_scored: called with each scored chunk (metrics, progress).
+
+  Raises:
+    CorruptInputError, InputChangedError, StageFailedError: the unit cannot
+      be completed; nothing of it is committed.
+  """
+  writers = _writers(settings)
+  counts = RunCounts()
+
+  def finish(chunk, inferred):
+    scored = scorer.finish(chunk, inferred)
+    if on_scored is not None:
+      on_scored(scored)
+    for records, blob in scored.blobs:
+      writers[layout.PREDICTIONS].write(blob, records)
+    for entry in scored.dead_letters:
+      _write_entry(writers[layout.DEAD_LETTER], entry)
+    counts.add(scored.counts())
+
+  pending = None
+  for item in read_range(task, settings.chunk_size, settings.max_record_bytes,
+                         settings.on_corrupt, settings.chunk_bytes):
+    if not isinstance(item, RecordChunk):  # the damaged rest of the range
+      counts.quarantined[item["source"]] += 1
+      _write_entry(writers[layout.QUARANTINE], item)
+      continue
+    counts.records_read += len(item.records)
+    if inferring is None:
+      finish(item, scorer.infer(item))
+      continue
+    future = inferring.submit(scorer.infer, item)
+    if pending is not None:
+      finish(pending[0], pending[1].result())
+    pending = (item, future)
+  if pending is not None:
+    finish(pending[0], pending[1].result())
+  for writer in writers.values():
+    written = writer.close()
+    if written is not None:
+      counts.files.append(written)
+  unit_commits.commit(settings.run, settings.run_key, task, counts)
+  return counts
