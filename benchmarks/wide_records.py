@@ -6,17 +6,20 @@ job holds several copies of a batch (its bytes, the parsed tensor, the
 session's, the one being written). `batch_bytes` ends a batch earlier; this
 measures what each cap costs and saves:
 
-    .venv/bin/python -m benchmarks.wide_records            # ~8 min on 2 cores
-    .venv/bin/python -m benchmarks.wide_records --quick    # a smoke run
+    .venv/bin/python -m benchmarks.wide_records            # ~14 min on 2 cores
+    .venv/bin/python -m benchmarks.wide_records --quick    # a smoke run (~3 min)
 
 The real CLI job (`python -m tfcascade run`) runs in a subprocess, in-process
 and DirectRunner multi_processing with 2 workers, uncapped (batch_bytes 1 TiB)
 and capped, in interleaved rounds; peak RSS is of the whole process tree
 (launcher and workers summed, sampled every 50 ms). Throughput is records /
 run_summary.json's wall_seconds (the run itself) and records / the process's
-wall (with start-up). The chosen default is the smallest cap whose median
-throughput, both ways and in both modes, is within 10% of uncapped.
-Writes benchmarks/wide_records.json and benchmarks/WIDE_RECORDS.md.
+wall (with start-up); both carry seconds of start-up that no cap changes, so
+the workers' own loop (`run_unit`) is also timed per cap in one process
+(the steady state). The chosen default is the smallest cap whose median
+throughput is within 10% of uncapped: the job's in every mode, and the
+steady state's. Writes benchmarks/wide_records.json and
+benchmarks/WIDE_RECORDS.md.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -178,6 +182,7 @@ def run_sampled(cmd, log_path, timeout) -> dict:
   """Runs cmd (output to log_path) under a MemorySampler; a timeout takes
   the whole tree down."""
   before, load = psutil.cpu_times(), os.getloadavg()[0]
+  ours_before = resource.getrusage(resource.RUSAGE_CHILDREN)
   os.makedirs(os.path.dirname(log_path), exist_ok=True)
   with open(log_path, "w") as log:
     start = time.perf_counter()
@@ -194,9 +199,11 @@ def run_sampled(cmd, log_path, timeout) -> dict:
         raise
     wall = time.perf_counter() - start
     sampler.stop()
+  ours_after = resource.getrusage(resource.RUSAGE_CHILDREN)
   with open(log_path, errors="replace") as f:
     output = f.read()
-  return {"rc": rc, "wall_s": wall, "sampler": sampler, "output": output,
+  ours = sum(getattr(ours_after, k) - getattr(ours_before, k) for k in ("ru_utime", "ru_stime"))
+  return {"rc": rc, "wall_s": wall, "sampler": sampler, "output": output, "cpu_s": ours,
           "machine_cpu_s": common.busy(psutil.cpu_times()) - common.busy(before),
           "loadavg_1m": load}
 
@@ -218,9 +225,11 @@ def run_one(config_path, workdir, mode, cap_mib, n, timeout, log) -> dict:
             "peak_anon_mb": mb(sampler.anon), "launcher_peak_rss_mb": mb(sampler.root),
             "worker_peak_rss_mb": mb(sampler.child) if sampler.procs > 1 else None,
             "processes": sampler.procs,
-            # Busy CPU-seconds of the whole machine per wall second: others
-            # share these 2 cores, so this says how noisy the run was.
-            "machine_busy_cores": round(run["machine_cpu_s"] / run["wall_s"], 2),
+            "cpu_s": round(run["cpu_s"], 2),
+            # CPU-seconds others on the machine used per wall second of the
+            # run: they share these 2 cores, so this says how noisy it was.
+            "others_busy_cores": round(
+                max(0.0, run["machine_cpu_s"] - run["cpu_s"]) / run["wall_s"], 2),
             "loadavg_1m": round(run["loadavg_1m"], 2)}
   summary_path = os.path.join(out, "run_summary.json")
   summary = json.load(open(summary_path)) if os.path.exists(summary_path) else {}
@@ -238,6 +247,69 @@ def run_one(config_path, workdir, mode, cap_mib, n, timeout, log) -> dict:
   return record
 
 
+def _steady_child(workdir: str, caps, rounds: int) -> dict:
+  """Seconds per cap of the workers' own loop (unit_runner.run_unit over
+  every shard, the next chunk's session call overlapping the previous
+  chunk's writing, as ScoreUnits runs it) in this one process, the caps
+  interleaved: what a cap costs per batch, without start-up."""
+  import concurrent.futures  # pylint: disable=g-import-not-at-top
+  import glob  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  from tfcascade.pipeline.config import load_config  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.engine import CascadeSession  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.reading.record_ranges import InputFile, plan_ranges  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.scoring.chunk_scorer import ChunkScorer  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.unit_runner import run_unit  # pylint: disable=g-import-not-at-top
+  config = load_config(os.path.join(workdir, "job.yaml"))
+  tasks = []
+  for path in sorted(glob.glob(config.input_patterns[0])):
+    stat = os.stat(path)
+    tasks += plan_ranges(InputFile(path, "none", stat.st_size, stat.st_mtime),
+                         config.input.split_bytes, config.input.max_record_bytes)
+  seconds = {cap_name(c): [] for c in caps}
+  with CascadeSession(config.cascade_spec()) as session, \
+      concurrent.futures.ThreadPoolExecutor(1) as inferring, \
+      tempfile.TemporaryDirectory(prefix="tfcascade-wide-") as tmp:
+    scorer = ChunkScorer(session, config.output.format, config.output.passthrough,
+                         config.dead_letter.non_finite_outputs)
+    run_unit(scorer, tasks[0], _settings(tmp, "warm-up", None))  # warm-up
+    for rnd in range(rounds):
+      for cap in caps[rnd % len(caps):] + caps[:rnd % len(caps)]:
+        settings = _settings(tmp, f"r{rnd}-{cap_name(cap).split()[0]}", cap)
+        start = time.perf_counter()
+        records = sum(run_unit(scorer, t, settings, inferring).records_read for t in tasks)
+        seconds[cap_name(cap)].append(round(time.perf_counter() - start, 3))
+  return {"records": records, "seconds": seconds}
+
+
+def _settings(tmp, run_id, cap_mib):
+  from tfcascade.transforms.publishing.run_registry import RunStaging  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.unit_runner import UnitSettings  # pylint: disable=g-import-not-at-top
+  return UnitSettings(run=RunStaging(tmp, run_id), run_key=run_id, chunk_size=BATCH,
+                      chunk_bytes=UNCAPPED if cap_mib is None else cap_mib << 20,
+                      max_record_bytes=64 << 20, on_corrupt="fail",
+                      predictions_suffix=".tfrecord", compression="none")
+
+
+def steady(workdir, caps, rounds, log) -> dict:
+  """_steady_child in a child process; medians and ratios to uncapped."""
+  log(f"steady state: run_unit in one process, {rounds} interleaved rounds")
+  found = common.in_child(
+      "import json; from benchmarks import wide_records as b; "
+      f"print('WIDE_STEADY', json.dumps(b._steady_child({workdir!r}, {caps!r}, {rounds})))",
+      "WIDE_STEADY")
+  out = {}
+  for cap, seconds in found["seconds"].items():
+    out[cap] = {"seconds": seconds, "records_per_s": round(
+        found["records"] / common.median(seconds), 1)}
+  base = out[cap_name(None)]["records_per_s"]
+  for cap, row in out.items():
+    row["vs_uncapped"] = round(row["records_per_s"] / base, 3)
+    log(f"  {cap:9s} {row['records_per_s']:7,.0f} rec/s ({row['vs_uncapped']:.2f}x)  "
+        f"{row['seconds']}")
+  return out
+
+
 def summarize(runs, caps) -> dict:
   """Medians per (mode, cap) and throughput relative to uncapped."""
   table = {}
@@ -251,7 +323,7 @@ def summarize(runs, caps) -> dict:
             for key in ("peak_rss_mb", "peak_anon_mb", "launcher_peak_rss_mb",
                         "worker_peak_rss_mb", "job_records_per_s",
                         "process_records_per_s", "wall_s", "job_wall_s",
-                        "machine_busy_cores")}
+                        "others_busy_cores")}
         rows[cap_name(cap)]["rounds"] = len(mine)
     base = rows.get(cap_name(None))
     for row in rows.values():
@@ -262,13 +334,15 @@ def summarize(runs, caps) -> dict:
   return table
 
 
-def choose(table, caps):
-  """The smallest cap within WITHIN of uncapped, both ways, in every mode."""
+def choose(table, steady_rows, caps):
+  """The smallest cap within WITHIN of uncapped throughput: the job's (records
+  / wall_seconds, in every mode) and the steady state's."""
   for cap in sorted(c for c in caps if c is not None):
-    rows = [table[mode].get(cap_name(cap)) for mode in table]
-    if all(row and row["job_vs_uncapped"] is not None
-           and min(row["job_vs_uncapped"], row["process_vs_uncapped"]) >= 1 - WITHIN
-           for row in rows):
+    ratios = [table[mode][cap_name(cap)]["job_vs_uncapped"] for mode in table
+              if cap_name(cap) in table[mode]]
+    if steady_rows:
+      ratios.append(steady_rows[cap_name(cap)]["vs_uncapped"])
+    if ratios and all(r is not None and r >= 1 - WITHIN for r in ratios):
       return cap
   return None
 
@@ -288,15 +362,15 @@ def report_md(data) -> str:
       f"TensorFlow's shared libraries count once per process); peak anon RSS: the "
       f"same without file-backed and shared pages (the data the processes hold). "
       f"Throughput: records / run_summary.json `wall_seconds` (job) and records / "
-      f"the process's wall (process, with start-up). Busy cores: the whole "
-      f"machine's busy CPU-seconds per wall second during the run (this job's and "
-      f"anyone else's on the machine: above ~1 in-process, the runs shared the "
-      f"cores). Machine: {data['machine']['cores']} cores, "
+      f"the process's wall (process, with start-up). Others' cores: CPU-seconds "
+      f"per wall second that other work on the machine used during the run (the "
+      f"machine is shared; 0 is a quiet machine). Machine: "
+      f"{data['machine']['cores']} cores, "
       f"{data['machine']['memory_gb']} GB, {data['machine'].get('cpu_model', '?')}.",
       ""]
   header = ["mode", "batch_bytes", "peak RSS (MB)", "peak anon RSS (MB)",
             "launcher / worker peak RSS (MB)", "job rec/s", "vs uncapped",
-            "process rec/s", "vs uncapped", "process wall (s)", "busy cores"]
+            "process rec/s", "vs uncapped", "process wall (s)", "others' cores"]
   rows = []
   for mode, caps in data["table"].items():
     for cap, row in caps.items():
@@ -308,11 +382,21 @@ def report_md(data) -> str:
                    common.fmt(row["process_records_per_s"]),
                    common.fmt(row["process_vs_uncapped"], ".2f"),
                    common.fmt(row["wall_s"], ".1f"),
-                   common.fmt(row["machine_busy_cores"], ".2f")])
+                   common.fmt(row["others_busy_cores"], ".2f")])
   lines += common.md_table(header, rows, left=2)
+  if data.get("steady"):
+    lines += ["", "Steady state, no start-up: the workers' own loop (`run_unit` over "
+              "both shards, the next chunk's session call overlapping the previous "
+              "chunk's writing) in one process, the caps interleaved; median of "
+              f"{data['rounds']} passes of {m['n']:,} records.", ""]
+    lines += common.md_table(
+        ["batch_bytes", "rec/s", "vs uncapped", "seconds per pass"],
+        [[cap, common.fmt(row["records_per_s"]), common.fmt(row["vs_uncapped"], ".2f"),
+          ", ".join(f"{v:.2f}" for v in row["seconds"])]
+         for cap, row in data["steady"].items()])
   chosen = data["chosen_mib"]
-  lines += ["", (f"Smallest cap within {WITHIN:.0%} of uncapped throughput (job and "
-                 f"process, both modes): **{chosen} MiB**." if chosen else
+  lines += ["", (f"Smallest cap within {WITHIN:.0%} of uncapped throughput (job rec/s "
+                 f"in every mode, and the steady state): **{chosen} MiB**." if chosen else
                  f"No cap measured is within {WITHIN:.0%} of uncapped throughput in "
                  f"every mode."),
             "", "Per run: `benchmarks/wide_records.json`.", ""]
@@ -328,12 +412,17 @@ def main(argv=None):
                       help="caps in MiB (uncapped always runs)")
   parser.add_argument("--modes", nargs="*", default=list(MODES), choices=list(MODES))
   parser.add_argument("--timeout", type=float, default=300)
+  parser.add_argument("--no-steady", action="store_true",
+                      help="skip the steady-state (one process, no start-up) pass")
+  parser.add_argument("--jobs-from", help="a wide_records.json whose job runs to reuse "
+                      "(only the steady state is measured again)")
   parser.add_argument("--quick", action="store_true",
                       help="1 round, 1200 records, caps 8 and 64 MiB; writes no report")
   parser.add_argument("--out", default=common.HERE, help="where the json and md go")
   args = parser.parse_args(argv)
-  if args.quick:
+  if args.quick:  # its own data: the full run's stays cached
     args.records, args.rounds, args.caps = 1200, 1, [8, 64]
+    args.workdir += "-quick"
   log = common.logger(time.time())
   manifest = prepare(args.workdir, args.records, log)
   config_path = os.path.join(args.workdir, "job.yaml")
@@ -342,7 +431,10 @@ def main(argv=None):
     yaml.safe_dump(job_config(args.workdir), f, sort_keys=False)
   caps = [None] + sorted(args.caps)
   runs = []
-  for rnd in range(args.rounds):
+  if args.jobs_from:
+    with open(args.jobs_from) as f:
+      runs = json.load(f)["runs"]
+  for rnd in range(0 if args.jobs_from else args.rounds):
     log(f"round {rnd + 1}/{args.rounds}")
     # Interleaved, the order rotated each round so drift hits every cap.
     order = caps[rnd % len(caps):] + caps[:rnd % len(caps)]
@@ -352,12 +444,13 @@ def main(argv=None):
                          args.timeout, log)
         record["round"] = rnd
         runs.append(record)
+  steady_rows = None if args.no_steady else steady(args.workdir, caps, args.rounds, log)
   table = summarize(runs, caps)
-  chosen = choose(table, caps)
+  chosen = choose(table, steady_rows, caps)
   data = {"date": time.strftime("%Y-%m-%d"), "machine": common.machine_info(),
           "manifest": manifest, "rounds": args.rounds, "batch_size": BATCH,
           "caps_mib": args.caps, "within": WITHIN, "table": table,
-          "chosen_mib": chosen, "runs": runs}
+          "steady": steady_rows, "chosen_mib": chosen, "runs": runs}
   print(report_md(data))
   if not args.quick:
     os.makedirs(args.out, exist_ok=True)

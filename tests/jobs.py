@@ -14,6 +14,16 @@ import tensorflow as tf
 from tests import tiny_models as tm
 
 N_RECORDS = 1500
+# `tfcascade run` flags for each local engine the tests run a job on.
+ENGINES = {
+    "direct": ["--runner=DirectRunner"],
+    "multi_processing": ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
+                         "--direct_num_workers=2"],
+    "spark": ["--engine", "spark", "--master", "local[2]",
+              "--spark-conf", "spark.driver.host=127.0.0.1",
+              "--spark-conf", "spark.driver.bindAddress=127.0.0.1",
+              "--spark-conf", "spark.ui.enabled=false"],
+}
 
 
 def write_config(path, **extra):
@@ -77,7 +87,7 @@ def read_predictions_independently(out_dir):
       import glob, json, sys
       from tfrecord.reader import tfrecord_loader
       rows = []
-      for path in sorted(glob.glob(sys.argv[1] + "/predictions-*.tfrecord")):
+      for path in sorted(glob.glob(glob.escape(sys.argv[1]) + "/predictions-*.tfrecord")):
         for ex in tfrecord_loader(path, None):
           rows.append({k: (bytes(v).decode() if isinstance(v, (bytes, memoryview))
                            else v.tolist()) for k, v in ex.items()})

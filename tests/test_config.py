@@ -92,7 +92,7 @@ def test_errors_name_the_key_path(tmp_path, override, expected):
 def test_batch_bytes_defaults_to_the_measured_cap_and_can_be_set(tmp_path):
   from tfcascade.transforms.formats.tfrecord_framing import DEFAULT_BATCH_BYTES  # pylint: disable=g-import-not-at-top
   config = load_config(_write(tmp_path), ["run_date=2026-11-25"])
-  assert config.batch_bytes == DEFAULT_BATCH_BYTES == 32 << 20
+  assert config.batch_bytes == DEFAULT_BATCH_BYTES == 8 << 20
   config = load_config(_write(tmp_path), ["run_date=2026-11-25", "batch_bytes=1048576"])
   assert config.batch_bytes == 1 << 20 and config.batch_size == 1024
 

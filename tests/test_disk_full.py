@@ -34,24 +34,15 @@ import time
 
 import pytest
 
-from tests.jobs import check_against_oracle, make_job
+from tests.jobs import ENGINES, check_against_oracle, make_job
 from tests.spark.conftest import spark_env, spark_python  # noqa: F401 (fixtures)
 from tfcascade.transforms.writing.shard_writer import (OutputWriteError, ShardWriter,
-                                                       describe_os_error)
+                                                       describe_os_error, failures_named)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DISK = "1m"  # the previous output (~60 KB) fits; the big run's (~2.4 MB) does not
 SMALL_RECORDS = 300
 BIG_RECORDS = 12000  # 3 input files: 3 units of ~0.8 MB of predictions each
-ENGINES = {
-    "direct": ["--runner=DirectRunner"],
-    "multi_processing": ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
-                         "--direct_num_workers=2"],
-    "spark": ["--engine", "spark", "--master", "local[2]",
-              "--spark-conf", "spark.driver.host=127.0.0.1",
-              "--spark-conf", "spark.driver.bindAddress=127.0.0.1",
-              "--spark-conf", "spark.ui.enabled=false"],
-}
 # Engines whose own logs print a failed worker's traceback on the launcher's
 # stderr, beside our one line (not ours to silence: the launcher's Beam and
 # Spark adapters would have to). The test says so (xfail) once everything
@@ -121,6 +112,23 @@ def test_a_full_disk_names_the_file_and_the_os_error_and_frees_its_bytes(
     assert writer.close() is None  # a broken writer reports no file
 
 
+def test_other_writers_of_the_output_get_the_same_one_line_error(tmp_path):
+  """failures_named: for writes outside ShardWriter (the publish step's)."""
+  from tfcascade.transforms.publishing import output_layout as layout  # pylint: disable=g-import-not-at-top
+  with small_disk(tmp_path / "disk", "64k") as disk:
+    with open(disk / "filler", "wb", buffering=0) as f:  # the disk is full
+      with pytest.raises(OSError):
+        while True:
+          f.write(b"\0" * 4096)
+    journal = str(disk / "PUBLISH.json")
+    with pytest.raises(OutputWriteError) as raised:
+      with failures_named("writing the publish journal", journal):
+        layout.write_json(journal, {"moves": [["a" * 100, "b" * 100]] * 100})
+  assert str(raised.value) == (
+      f"writing the publish journal {journal} failed: No space left on device (ENOSPC); "
+      "nothing was published and the previous output is untouched")
+
+
 def test_beams_wrapped_errors_are_described_by_the_os_error_inside():
   from apache_beam.io.filesystem import BeamIOError  # pylint: disable=g-import-not-at-top
   wrapped = BeamIOError("Rename operation failed", {
@@ -129,6 +137,48 @@ def test_beams_wrapped_errors_are_described_by_the_os_error_inside():
   assert describe_os_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))) == \
       "No space left on device (ENOSPC)"
   assert describe_os_error(OSError("no errno here")) == "no errno here"
+
+
+# --- the publish step, on a full disk ------------------------------------------------
+
+def test_a_journal_cut_short_by_a_full_disk_does_not_wedge_the_output(tmp_path):
+  """The disk fills between the units' commits and the publish: the journal
+  cannot be written, so nothing was touched, and once space is freed the next
+  run must start normally (not trip over half a journal)."""
+  from tfcascade.pipeline import run_start  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.accounting import RunCounts  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.formats.tfrecord_framing import frame_records  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.publishing import finalize  # pylint: disable=g-import-not-at-top
+
+  def stage(out, records):
+    run = run_start.prepare(out, overwrite=True)
+    writer = ShardWriter(run.files_dir, "predictions", ".tfrecord")
+    writer.write(frame_records(records), len(records))
+    info = {"run_id": run.run_id, "runner": "test", "started_at": "t",
+            "start_epoch": time.time(), "output_format": "tfrecord",
+            "predictions_suffix": ".tfrecord", "max_dead_letter_fraction": 0.01,
+            "run_date": None, "stages": []}
+    return run, RunCounts(records_read=len(records), files=[writer.close()]), info
+
+  with small_disk(tmp_path / "disk", "256k") as disk:
+    out = str(disk / "out")
+    run, counts, info = stage(out, [b"old%d" % i for i in range(100)])
+    finalize.finalize(counts, out, run.run_id, info)
+    before = _snapshot(out)
+    run, counts, info = stage(out, [b"new%d" % i for i in range(100)])
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as f:  # someone else fills the disk
+      with pytest.raises(OSError):
+        while True:
+          f.write(b"\0" * 4096)
+    with pytest.raises(OSError) as raised:
+      finalize.finalize(counts, out, run.run_id, info)
+    assert raised.value.errno == errno.ENOSPC
+    assert _snapshot(out) == before  # the journal comes before any change
+    run_start.mark_ended(run, "failed: OSError")  # as the launcher does
+    os.remove(filler)
+    run_start.prepare(out, overwrite=True)  # today: ValueError (JSONDecodeError)
+    assert _snapshot(out) == before
 
 
 # --- the CLI, on every engine -------------------------------------------------------

@@ -27,22 +27,13 @@ import pytest
 import tensorflow as tf
 
 from tests import tiny_models as tm
-from tests.jobs import check_against_oracle, make_job, summary_of
+from tests.jobs import ENGINES, check_against_oracle, make_job, summary_of
 from tfcascade.pipeline import run_plan
 from tfcascade.pipeline.cli import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARDS = 24
 RECORDS = 7200
-ENGINES = {
-    "direct": ["--runner=DirectRunner"],
-    "multi_processing": ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
-                         "--direct_num_workers=2"],
-    "spark": ["--engine", "spark", "--master", "local[2]",
-              "--spark-conf", "spark.driver.host=127.0.0.1",
-              "--spark-conf", "spark.driver.bindAddress=127.0.0.1",
-              "--spark-conf", "spark.ui.enabled=false"],
-}
 
 
 @pytest.fixture(scope="module")
@@ -183,6 +174,13 @@ def test_a_run_killed_during_publish_is_finished_by_the_next(job, tmp_path, monk
   check_against_oracle(out, job["oracle"])
 
 
+def _spark_env(monkeypatch):
+  """What an in-process Spark driver needs (loopback, this venv's Python)."""
+  for key, value in _env().items():
+    if key.startswith(("SPARK", "PYSPARK")):
+      monkeypatch.setenv(key, value)
+
+
 def _rewrite_after_planning(monkeypatch, change):
   """Runs `change()` right after the launcher planned (and pinned) the run,
   as a training job writing next door would."""
@@ -209,8 +207,7 @@ def test_a_checkpoint_rewritten_in_place_fails_the_run(job, tmp_path, monkeypatc
       shutil.copy(path, root / "models" / "a" / os.path.basename(path))
 
   _rewrite_after_planning(monkeypatch, overwrite)
-  monkeypatch.setenv("SPARK_LOCAL_IP", "127.0.0.1")
-  monkeypatch.setenv("PYSPARK_PYTHON", sys.executable)
+  _spark_env(monkeypatch)
   out = tmp_path / "out"
   assert main(["run", "--config", str(root / "job.yaml"), "--set", f"output.path={out}"]
               + ENGINES[engine]) == 1
@@ -221,7 +218,8 @@ def test_a_checkpoint_rewritten_in_place_fails_the_run(job, tmp_path, monkeypatc
   assert not (out / "_SUCCESS").exists()
 
 
-def test_a_new_checkpoint_in_the_directory_is_not_used(job, tmp_path, monkeypatch):
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_a_new_checkpoint_in_the_directory_is_not_used(job, tmp_path, monkeypatch, engine):
   """The config names the directory; a newer checkpoint lands there after
   planning: every worker restores the planned one."""
   root = tmp_path / "job"
@@ -235,10 +233,10 @@ def test_a_new_checkpoint_in_the_directory_is_not_used(job, tmp_path, monkeypatc
     shutil.copy(newer / "checkpoint", root / "models" / "a" / "checkpoint")
 
   _rewrite_after_planning(monkeypatch, training_writes_a_new_checkpoint)
+  _spark_env(monkeypatch)
   out = tmp_path / "out"
-  assert main(["run", "--config", str(root / "job.yaml"), "--set", f"output.path={out}",
-               "--runner=DirectRunner", "--direct_running_mode=multi_processing",
-               "--direct_num_workers=2"]) == 0
+  assert main(["run", "--config", str(root / "job.yaml"), "--set", f"output.path={out}"]
+              + ENGINES[engine]) == 0
   check_against_oracle(out, job["oracle"])  # the old model's values
   stage = summary_of(out)["stages"]["a"]
   assert stage["checkpoint"].endswith("model.ckpt-7")
@@ -246,8 +244,9 @@ def test_a_new_checkpoint_in_the_directory_is_not_used(job, tmp_path, monkeypatc
                                         str(root / "models" / "a" / "model.meta")]
 
 
+@pytest.mark.parametrize("engine", list(ENGINES))
 def test_an_input_file_changed_after_planning_fails_the_run(job, tmp_path, monkeypatch,
-                                                            capsys):
+                                                            capsys, engine):
   root = tmp_path / "job"
   shutil.copytree(job["root"], root)
   victim = root / "data" / "part-05.tfrecord.gz"
@@ -257,9 +256,10 @@ def test_an_input_file_changed_after_planning_fails_the_run(job, tmp_path, monke
       f.write(open(root / "data" / "part-06.tfrecord.gz", "rb").read())
 
   _rewrite_after_planning(monkeypatch, append)
+  _spark_env(monkeypatch)
   out = tmp_path / "out"
-  assert main(["run", "--config", str(root / "job.yaml"), "--set", f"output.path={out}",
-               "--runner=DirectRunner"]) == 1
+  assert main(["run", "--config", str(root / "job.yaml"), "--set", f"output.path={out}"]
+              + ENGINES[engine]) == 1
   line = [l for l in capsys.readouterr().err.splitlines() if "run FAILED" in l][0]
   assert f"input file {victim} changed after the launcher planned the run" in line, line
   assert not (out / "_SUCCESS").exists()

@@ -28,7 +28,7 @@ def describe(path: str, label: str = "label") -> str:
     InspectError: one line naming the path, what was found there and what
       was expected.
   """
-  if _is_glob(path):
+  if _is_glob(path) and not exists(path):  # a folder named 'm [v1]' is a path
     files = _glob(path)
     if not files:
       raise InspectError(f"{path}: no file matches; {EXPECTED}")

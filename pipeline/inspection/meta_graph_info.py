@@ -3,6 +3,7 @@ inputs), likely outputs, variables and a ready-to-paste `stages:` entry."""
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 from typing import Tuple
@@ -85,7 +86,7 @@ def describe_meta_graph(path: str) -> str:
 def _checkpoint_in(directory: str) -> bool:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   try:
-    return bool(tf.io.gfile.glob(os.path.join(directory, "*.index")))
+    return bool(tf.io.gfile.glob(os.path.join(glob.escape(directory), "*.index")))
   except (tf.errors.OpError, OSError):
     return False
 

@@ -5,6 +5,7 @@ accuracy."""
 from __future__ import annotations
 
 import collections
+import glob
 import json
 import os
 from typing import Dict, List
@@ -57,7 +58,8 @@ def describe_output(path: str, label: str) -> str:
   complete = tf.io.gfile.exists(os.path.join(path, layout.SUCCESS))
   lines.append(f"complete ({layout.SUCCESS} present)" if complete
                else f"INCOMPLETE: no {layout.SUCCESS}")
-  files = sorted(tf.io.gfile.glob(os.path.join(path, layout.PREDICTIONS + "-*.tfrecord*")))
+  files = sorted(tf.io.gfile.glob(os.path.join(glob.escape(path),
+                                               layout.PREDICTIONS + "-*.tfrecord*")))
   if not files:
     return "\n".join(lines)
   columns = collections.defaultdict(list)

@@ -88,7 +88,7 @@ def test_spark_output_equals_the_direct_runners(job, tmp_path, spark_env, spark_
   assert len(expected[0]) == expected[2]["records_written"] == 1503  # 1501 ids, 2 twice
   env = dict(os.environ, **spark_env)
   for master in ("local[2]", spark_cluster):
-    # (Beam's FileSystems read "[...]" in a path as a glob.)
+    # A plain folder name here; paths with brackets: tests/test_paths_as_named.py.
     out = tmp_path / "".join(c if c.isalnum() else "_" for c in master)
     result = _spark_cli(job, out, master, env)
     assert result.returncode == 0, result.stderr[-3000:]

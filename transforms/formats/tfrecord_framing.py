@@ -47,10 +47,10 @@ COMPRESSIONS = ("auto", "none", "gzip")  # what a config may ask for
 
 DEFAULT_MAX_RECORD_BYTES = 64 << 20
 # Serialized bytes per chunk (config `batch_bytes`): several copies of a chunk
-# are alive at once (its bytes, the parsed tensors, the encoded output), so
-# records of ~160 KB at 1024 a chunk would hold GBs. Chosen by measurement:
-# benchmarks/WIDE_RECORDS.md.
-DEFAULT_BATCH_BYTES = 32 << 20
+# are alive at once (its bytes, the parsed tensors, the encoded output), and
+# 1024 records of ~160 KB are 160 MB a copy. The smallest cap measured that
+# costs no throughput: benchmarks/WIDE_RECORDS.md.
+DEFAULT_BATCH_BYTES = 8 << 20
 
 # What a damaged gzip stream raises from read(); anything else (a network
 # OSError, say) is a real I/O failure and must not be mistaken for damage.

@@ -28,6 +28,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from tfcascade.transforms.accounting import RunCounts, WrittenFile
+from tfcascade.transforms.writing.shard_writer import failures_named
 from tfcascade.transforms.publishing import output_layout as layout
 from tfcascade.transforms.publishing import run_registry
 from tfcascade.transforms.publishing.output_layout import (
@@ -119,10 +120,17 @@ def finalize(counts: RunCounts, output_path: str, run_id: str, info: dict):
   if not any(f.kind == PREDICTIONS for f in files):
     files.append(_empty_predictions_file(run, info))
   if info.get("num_shards"):
-    files = _merge_predictions(run, files, info["num_shards"])
+    with failures_named("merging the predictions into output.num_shards files in",
+                        run.files_dir):
+      files = _merge_predictions(run, files, info["num_shards"])
   journal = _publish_plan(output_path, files, summary)
-  write_json(join(run.run_dir, JOURNAL), journal)
-  apply_journal(run, journal)
+  journal_path = join(run.run_dir, JOURNAL)
+  with failures_named("writing the publish journal", journal_path):
+    write_json(journal_path, journal)  # whole or absent: a half journal never wedges
+  with failures_named("publishing into", output_path,
+                      f"no {SUCCESS}; the next run of this output finishes the publish "
+                      f"from {journal_path}"):
+    apply_journal(run, journal)
 
 
 def _rejection_message(summary: dict, run) -> str:

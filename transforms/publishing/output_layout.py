@@ -21,6 +21,7 @@ only where this module's callers write them, relative to a literal folder:
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Iterable, List
 
 from apache_beam.io.filesystems import FileSystems
@@ -86,5 +87,9 @@ def read_json(path: str):
 
 
 def write_json(path: str, obj) -> None:
-  with FileSystems.create(path) as f:
+  """Writes a JSON file whole: under a temporary name, then renamed over
+  `path`, so a reader (another launch reading a run marker) never sees half."""
+  partial = f"{path}.{uuid.uuid4().hex}.partial"
+  with FileSystems.create(partial) as f:
     f.write(json.dumps(obj, indent=2, sort_keys=True).encode("utf-8") + b"\n")
+  FileSystems.rename([partial], [path])

@@ -76,7 +76,14 @@ def heartbeat(staging: RunStaging) -> None:
 
 
 def update_marker(staging: RunStaging, **fields) -> None:
-  marker = _read_marker(staging.marker) or {}
+  """Updates fields of an existing marker. A marker that is gone (its run
+  was cleaned up while a straggling worker still beat) is not recreated: a
+  marker without its host and pid would look alive to every launch."""
+  marker = _read_marker(staging.marker)
+  if marker is None:
+    _LOG.warning("run %s has no readable marker %s; not updating it",
+                 staging.run_id, staging.marker)
+    return
   marker.update(fields)
   layout.write_json(staging.marker, marker)
 

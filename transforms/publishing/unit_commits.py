@@ -5,14 +5,13 @@ A unit is one ReadRange (a whole input file, or a byte range of a big
 uncompressed one) read, scored and written by one worker into its own staged
 files. When those files are closed the worker COMMITS the unit: it writes
 `<run dir>/units/<unit key>.json` (the run key, the range and the unit's
-RunCounts, which name its files) under a temporary name and renames it, so a
-commit is whole or absent. A unit done twice (a retried bundle or task)
-commits twice under one name: either commit describes a complete copy.
+RunCounts, which name its files), whole or not at all. A unit done twice (a
+retried bundle or task) keeps its first commit: either copy is complete.
 
 The unit key covers the range AND the input file's pin (size, modification
 time), so a file that changed since a unit was committed gives other keys:
 its old units are never reused. The run key covers the config and the
-models' fingerprints (pipeline.run_start computes it): a commit of another
+models' fingerprints (pipeline.run_plan.run_key): a commit of another
 run key is never reused either.
 """
 
@@ -20,10 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from typing import AbstractSet, Dict, List, NamedTuple
-
-from apache_beam.io.filesystems import FileSystems
 
 from tfcascade.transforms.accounting import RunCounts
 from tfcascade.transforms.publishing import output_layout as layout
@@ -53,17 +49,14 @@ def units_dir(run: RunStaging) -> str:
 
 def commit(run: RunStaging, run_key: Dict[str, str], task: ReadRange,
            counts: RunCounts) -> None:
-  """Commits a finished unit (its files are closed): whole or absent."""
-  key = unit_key(task)
-  final = layout.join(units_dir(run), f"{key}.json")
-  partial = f"{final}.{uuid.uuid4().hex}.partial"
-  layout.write_json(partial, {"key": key, "run_key": run_key, "range": list(task),
-                              "input_bytes": task.input_bytes,
-                              "counts": counts.to_json()})
-  if layout.exists(final):  # a second copy of the unit: the first stands
-    layout.delete_paths([partial])
+  """Commits a finished unit (its files are closed): whole or absent
+  (layout.write_json renames a complete file into place). A second copy of
+  the unit (a retried attempt) leaves the first one standing."""
+  final = layout.join(units_dir(run), f"{unit_key(task)}.json")
+  if layout.exists(final):
     return
-  FileSystems.rename([partial], [final])
+  layout.write_json(final, {"key": unit_key(task), "run_key": run_key, "range": list(task),
+                            "input_bytes": task.input_bytes, "counts": counts.to_json()})
 
 
 def read_commits(run: RunStaging, skip: AbstractSet[str] = frozenset()

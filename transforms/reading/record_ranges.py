@@ -22,7 +22,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from tfcascade.transforms.formats import dead_letters
 from tfcascade.transforms.formats import tfrecord_framing as framing
-from tfcascade.transforms.paths import literal_pattern
+from tfcascade.transforms.paths import file_metadata
 
 __all__ = ["InputFile", "RecordChunk", "ReadRange", "CorruptInputError",
            "InputChangedError", "file_pin", "open_raw", "plan_ranges", "read_range"]
@@ -68,10 +68,10 @@ class InputChangedError(RuntimeError):
 
 def file_pin(path: str) -> Tuple[int, float]:
   """(size, modified) of a file as its file system reports them now."""
-  found = FileSystems.match([literal_pattern(path)])[0].metadata_list
-  if not found:
+  found = file_metadata(path)
+  if found is None:
     return -1, 0.0
-  return found[0].size_in_bytes, float(found[0].last_updated_in_seconds or 0.0)
+  return found.size_in_bytes, float(found.last_updated_in_seconds or 0.0)
 
 
 def _check_pin(task: ReadRange, when: str) -> None:

@@ -14,15 +14,19 @@ run fails (exit 1) before anything is published, so the previous output is
 untouched. The half-written file is deleted at once (best effort), so a full
 disk is not left fuller for the next attempt.
 
+`failures_named` gives other writers of the output (the publish step) the
+same one-line errors.
+
 Engine-agnostic (no Beam pipeline API): the Beam job and the Spark job both
 use `ShardWriter`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import uuid
-from typing import Optional
+from typing import Iterator, Optional
 
 from apache_beam.io.filesystem import CompressedFile, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -31,9 +35,10 @@ from tfcascade.transforms.accounting import WrittenFile
 
 
 class OutputWriteError(RuntimeError):
-  """A staged output file could not be created, written or closed (a full
-  disk, lost permissions): nothing was published. A retry may cure it (space
-  freed, permissions restored), so the run FAILS (exit 1), not refused."""
+  """A file of the output could not be created, written or closed (a full
+  disk, lost permissions); the message says what that left. A retry may cure
+  it (space freed, permissions restored), so the run FAILS (exit 1), not
+  refused."""
 
 
 def _os_error(error: BaseException) -> Optional[OSError]:
@@ -56,6 +61,32 @@ def describe_os_error(error: OSError) -> str:
     return str(error).splitlines()[0] if str(error) else type(error).__name__
   name = errno.errorcode.get(code, f"errno {code}")
   return f"{error.strerror or str(error)} ({name})"
+
+
+NOT_PUBLISHED = "nothing was published and the previous output is untouched"
+
+
+def write_error(doing: str, path: str, error: OSError,
+                outcome: str = NOT_PUBLISHED) -> OutputWriteError:
+  """"<doing> <path> failed: <OS error>[ (at <where>)]; <outcome>": one line.
+  An OSError from write() or close() carries no file name, so `path` is
+  the caller's; a different file named by the error (a directory that
+  could not be made) is added."""
+  cause = _os_error(error) or error
+  where = getattr(cause, "filename", None)
+  at = f" (at {where})" if where and where != path else ""
+  return OutputWriteError(f"{doing} {path} failed: {describe_os_error(error)}{at}; {outcome}")
+
+
+@contextlib.contextmanager
+def failures_named(doing: str, path: str, outcome: str = NOT_PUBLISHED) -> Iterator[None]:
+  """OSErrors (Beam's BeamIOError included) inside become OutputWriteError
+  naming `path` and what the failure left, e.g.
+  `with failures_named("writing the publish journal", path): ...`."""
+  try:
+    yield
+  except OSError as e:
+    raise write_error(doing, path, e, outcome) from e
 
 
 class ShardWriter:
@@ -125,10 +156,4 @@ class ShardWriter:
       FileSystems.delete([self.path])
     except Exception:  # pylint: disable=broad-except; absent, or the run fails anyway
       pass
-    cause = _os_error(error) or error
-    where = getattr(cause, "filename", None)
-    on = f" (at {where})" if where and where != self.path else ""
-    return OutputWriteError(
-        f"{doing} the staged output file {self.path} failed: "
-        f"{describe_os_error(error)}{on}; nothing was published and the "
-        f"previous output is untouched")
+    return write_error(f"{doing} the staged output file", self.path, error)
