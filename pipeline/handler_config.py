@@ -27,8 +27,8 @@ def handler_from_config(path: str, overrides: Sequence[str] = (), *, check: bool
       stage's files: workers restore exactly those or fail
       (ModelChangedError). Without it, each worker resolves a checkpoint
       directory itself.
-    **kwargs: CascadeModelHandler's (max_batch_size defaults to the
-      config's batch_size).
+    **kwargs: CascadeModelHandler's (max_batch_size and max_batch_bytes
+      default to the config's batch_size and batch_bytes).
 
   Raises:
     tfcascade.pipeline.config.ConfigError, tfcascade.transforms.engine.CascadeError.
@@ -39,4 +39,5 @@ def handler_from_config(path: str, overrides: Sequence[str] = (), *, check: bool
     from tfcascade.transforms.engine import build_cascade_graph, pin_models  # pylint: disable=g-import-not-at-top
     spec = pin_models(spec, build_cascade_graph(spec).plan)
   kwargs.setdefault("max_batch_size", config.batch_size)
+  kwargs.setdefault("max_batch_bytes", config.batch_bytes)
   return CascadeModelHandler.from_spec(spec, **kwargs)
