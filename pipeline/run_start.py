@@ -136,8 +136,14 @@ def start_run(output_path: str, detached: bool = False) -> RunStaging:
 
 
 def mark_ended(staging: RunStaging, why: str) -> None:
-  """Marks a run that failed as dead: the next run may clean it up."""
-  run_registry.update_marker(staging, ended=why)
+  """Marks a run that failed as dead: the next run may clean it up. Called
+  while an error is on its way to the user, so a marker that cannot be
+  written (a full disk) is only logged: the run still counts as dead once
+  this launcher process is gone."""
+  try:
+    run_registry.update_marker(staging, ended=why)
+  except Exception:  # pylint: disable=broad-except; never mask the run's own error
+    _LOG.warning("could not mark run %s ended", staging.run_id, exc_info=True)
 
 
 def Heartbeat(run_staging: RunStaging) -> Periodic:  # pylint: disable=invalid-name
