@@ -25,6 +25,7 @@ from tfcascade.transforms.accounting import RunCounts
 from tfcascade.transforms.publishing import output_layout as layout
 from tfcascade.transforms.publishing.run_registry import RunStaging
 from tfcascade.transforms.reading.record_ranges import ReadRange
+from tfcascade.transforms.writing.shard_writer import failures_named
 
 UNITS = "units"
 
@@ -55,8 +56,9 @@ def commit(run: RunStaging, run_key: Dict[str, str], task: ReadRange,
   final = layout.join(units_dir(run), f"{unit_key(task)}.json")
   if layout.exists(final):
     return
-  layout.write_json(final, {"key": unit_key(task), "run_key": run_key, "range": list(task),
-                            "input_bytes": task.input_bytes, "counts": counts.to_json()})
+  with failures_named("committing the unit of work", final):
+    layout.write_json(final, {"key": unit_key(task), "run_key": run_key, "range": list(task),
+                              "input_bytes": task.input_bytes, "counts": counts.to_json()})
 
 
 def read_commits(run: RunStaging, skip: AbstractSet[str] = frozenset()
