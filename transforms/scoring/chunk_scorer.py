@@ -150,12 +150,10 @@ class ChunkScorer:
   def _run_isolating(self, records, positions, dead, out, chunk):
     """Yields (positions, result) for the parts that score; appends
     (position, reason) to `dead` for records that fail on their own."""
-    try:
-      yield positions, self._timed_run(records, positions, out)
+    result, error = self._try_run(records, positions, out)
+    if error is None:
+      yield positions, result
       return
-    except self._errors as e:
-      out.failed_calls += 1
-      error = e
     unparsed = self._unparseable(records, positions, out)
     if unparsed:
       dead.extend(unparsed)
@@ -168,7 +166,7 @@ class ChunkScorer:
     parts = list(self._bisect(records, positions, failures, out, error))
     # Judged per stage: rows failing one stage say nothing about another.
     by_stage: Dict[Optional[str], list] = {}
-    for position, e in failures:
+    for _, e in failures:
       by_stage.setdefault(self._session.stage_of(e), []).append(e)
     for stage, errors in by_stage.items():
       if len(errors) > 1 and not self._stage_ran(stage, parts):
@@ -176,11 +174,17 @@ class ChunkScorer:
     dead.extend((p, self._model_reason(e)) for p, e in failures)
     yield from parts
 
-  def _timed_run(self, records, positions, out):
+  def _try_run(self, records, positions, out):
+    """(result, None) when the cascade scores `positions`, else (None, the
+    error), counted as a failed call."""
     start = time.perf_counter()
-    result = self._session.run([records[p] for p in positions])
+    try:
+      result = self._session.run([records[p] for p in positions])
+    except self._errors as e:
+      out.failed_calls += 1
+      return None, e
     out.batch_latencies_us.append(int((time.perf_counter() - start) * 1e6))
-    return result
+    return result, None
 
   def _unparseable(self, records, positions, out) -> List[Tuple[int, str]]:
     """Records of `positions` that do not parse on their own, with reasons
@@ -201,12 +205,10 @@ class ChunkScorer:
     that score, collects (position, error) of rows that fail alone.
     `error`: the error these positions already failed with (not run again)."""
     if error is None:
-      try:
-        yield positions, self._timed_run(records, positions, out)
+      result, error = self._try_run(records, positions, out)
+      if error is None:
+        yield positions, result
         return
-      except self._errors as e:
-        out.failed_calls += 1
-        error = e
     if len(positions) == 1:
       failures.append((int(positions[0]), error))
       return
