@@ -53,11 +53,12 @@ def commit(run: RunStaging, run_key: Dict[str, str], task: ReadRange,
   """Commits a finished unit (its files are closed): whole or absent
   (layout.write_json renames a complete file into place). A second copy of
   the unit (a retried attempt) leaves the first one standing."""
-  final = layout.join(units_dir(run), f"{unit_key(task)}.json")
+  key = unit_key(task)
+  final = layout.join(units_dir(run), f"{key}.json")
   if layout.exists(final):
     return
   with failures_named("committing the unit of work", final):
-    layout.write_json(final, {"key": unit_key(task), "run_key": run_key, "range": list(task),
+    layout.write_json(final, {"key": key, "run_key": run_key, "range": list(task),
                               "input_bytes": task.input_bytes, "counts": counts.to_json()})
 
 
