@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # One command on a fresh machine: venv, pinned install, demo data, demo job.
 #   ./run_local.sh                     # 200k demo records
-#   RECORDS=20000 ./run_local.sh       # a smaller demo
+#   RECORDS=20000 ./run_local.sh       # a smaller demo (also SHARDS=8, SEED=0)
 # Extra arguments go to `tfcascade run` (e.g. --direct_num_workers=2).
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${VENV:-.venv}
 RECORDS=${RECORDS:-200000}
+SHARDS=${SHARDS:-8}
+SEED=${SEED:-0}
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
@@ -19,11 +21,9 @@ if [ ! -x "$VENV/bin/tfcascade" ] || ! "$VENV/bin/python" -c "import sklearn, py
   # spark: the Spark engine and its tests (pyspark ships Spark; needs Java 17).
   "$VENV/bin/pip" install --quiet -c constraints.txt -e ".[demo,test,spark]"
 fi
-if [ ! -f demo/demo.json ] || [ "$(cat demo/.records 2>/dev/null)" != "$RECORDS" ]; then
-  rm -rf demo
-  "$VENV/bin/tfcascade" demo --out demo --records "$RECORDS"
-  echo "$RECORDS" > demo/.records
-fi
+# The demo rebuilds only what demo/demo.json says differs (records, shards, seed,
+# the demo's version), replacing the old demo whole once the new one is complete.
+"$VENV/bin/tfcascade" demo --out demo --records "$RECORDS" --shards "$SHARDS" --seed "$SEED"
 # The runner is pinned: Beam's default would try to download Prism (offline here).
 "$VENV/bin/tfcascade" run --config configs/local.yaml --overwrite --runner=DirectRunner "$@"
 "$VENV/bin/tfcascade" inspect out/predictions

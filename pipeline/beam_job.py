@@ -18,7 +18,7 @@ from typing import Dict, Optional, Sequence
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from tfcascade.pipeline import progress, run_start
+from tfcascade.pipeline import failure_cause, progress, run_start
 from tfcascade.pipeline.config import JobConfig
 from tfcascade.pipeline.run_plan import Preflight, predictions_suffix, preflight, run_info
 from tfcascade.transforms.accounting import RunCounts
@@ -166,7 +166,7 @@ def run(config: JobConfig, beam_args: Sequence[str] = (), overwrite: bool = Fals
       result = pipeline.run()
       state = result.wait_until_finish()
     except BaseException as e:
-      run_start.mark_ended(run_staging, f"failed: {type(e).__name__}")
+      run_start.mark_ended(run_staging, f"failed: {failure_cause.of(e)[0]}")
       raise
   return _judge(config.output_path, run_staging, result, state)
 

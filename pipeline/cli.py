@@ -19,7 +19,7 @@ examples:
   tfcascade run --config configs/local.yaml --set batch_size=512 --overwrite
   tfcascade run --config configs/flink.yaml --runner=FlinkRunner --flink_master=host:8081
   tfcascade run --config configs/local.yaml --engine spark --master spark://host:7077
-  tfcascade inspect demo/models/a        (a checkpoint and its .meta)
+  tfcascade inspect demo/models/a --relative-to configs/   (a checkpoint; entry for a config in configs/)
   tfcascade inspect models/keras_a       (a SavedModel, e.g. a Keras model.export())
   tfcascade inspect 'demo/data/*.tfrecord.gz'
   tfcascade inspect out/predictions      (an output directory)
@@ -27,8 +27,15 @@ examples:
 """
 
 
+class _OneLineParser(argparse.ArgumentParser):
+  """argparse, with a usage mistake said in one line (exit 2, REFUSED)."""
+
+  def error(self, message):
+    self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
+  parser = _OneLineParser(
       prog="tfcascade", epilog=_EPILOG,
       formatter_class=argparse.RawDescriptionHelpFormatter,
       description="Score TFRecord datasets with a cascade of TensorFlow "
@@ -69,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
   validate = commands.add_parser(
       "validate", help="check config, checkpoints, wiring and inputs; print the plan")
   config_args(validate)
+  validate.add_argument("--overwrite", action="store_true",
+                        help="check as `run --overwrite` would: a complete output "
+                             "is not refused")
   validate.add_argument("--sample", type=int, default=8,
                         help="records of the first input file to score as a check")
 
@@ -79,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
                                     "TFRecord file or glob, or output dir")
   inspect.add_argument("--label", default="label",
                        help="passthrough feature holding the true class (output dirs)")
+  inspect.add_argument("--relative-to", dest="relative_to", default=None, metavar="DIR",
+                       help="print the stages: entry's paths relative to DIR, the folder "
+                            "of the config it goes into (config paths start there)")
 
   tune = commands.add_parser(
       "tune", help="choose each gate's run_if threshold from a labelled sample",
@@ -119,15 +132,17 @@ def main(argv: Optional[List[str]] = None) -> int:
   # --verbose is global and may come anywhere (after `run` it is not Beam's).
   verbose = "--verbose" in argv
   argv = [a for a in argv if a != "--verbose"]
-  args, extra = _parser().parse_known_args(argv)
+  parser = _parser()
+  args, extra = parser.parse_known_args(argv)
   if extra and args.command != "run":
-    _parser().error(f"unrecognized arguments: {' '.join(extra)}")
+    parser.error(f"unrecognized arguments: {' '.join(extra)}")
+  args.own_flags = _flags_of(parser, args.command)  # to suggest the closest
   # TensorFlow's C++ start-up lines only with --verbose (or the user's own
   # TF_CPP_MIN_LOG_LEVEL): before anything imports TensorFlow.
   from tfcascade.pipeline.quiet import quiet_tensorflow  # pylint: disable=g-import-not-at-top
   quiet_tensorflow(verbose)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-  for noisy in ("apache_beam", "tensorflow", "absl", "matplotlib"):
+  for noisy in ("apache_beam", "tensorflow", "absl", "matplotlib", "py4j"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
   if verbose:
     logging.getLogger("tfcascade").setLevel(logging.DEBUG)
@@ -140,12 +155,31 @@ def main(argv: Optional[List[str]] = None) -> int:
     handler = {"run": commands.run, "validate": commands.validate,
                "inspect": commands.inspect, "demo": commands.demo,
                "tune": commands.tune}[args.command]
-    return handler(args, extra)
+    code = handler(args, extra)
+    sys.stdout.flush()  # here, where a closed pipe can still be caught
+    return code
   except KeyboardInterrupt:
     print("tfcascade: interrupted", file=sys.stderr)
     return 130
+  except BrokenPipeError:  # `tfcascade inspect X | head -1`: the reader left
+    return _stdout_closed()
   except Exception as e:  # pylint: disable=broad-except; a bug of ours: say it in one line
     return _internal_error(e, verbose)
+
+
+def _flags_of(parser: argparse.ArgumentParser, command: str) -> List[str]:
+  """The long flags `tfcascade <command>` knows."""
+  sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))  # pylint: disable=protected-access
+  return [s for a in sub.choices[command]._actions for s in a.option_strings  # pylint: disable=protected-access
+          if s.startswith("--")] + ["--verbose"]
+
+
+def _stdout_closed() -> int:
+  """Ends quietly, like a Unix tool killed by SIGPIPE (128 + 13)."""
+  import os  # pylint: disable=g-import-not-at-top
+  # Python flushes stdout once more at exit: into /dev/null, not the closed pipe.
+  os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+  return 141
 
 
 def _without_traceback(record: logging.LogRecord) -> bool:

@@ -9,8 +9,8 @@ import sys
 from tfcascade.pipeline import exit_codes
 from tfcascade.pipeline.config import ConfigError, load_config
 from tfcascade.pipeline.summary_text import format_summary
-from tfcascade.pipeline import run_start
-from tfcascade.transforms.publishing import finalize
+from tfcascade.pipeline.writable_dir import dir_problem
+from tfcascade.pipeline import failure_cause, run_start
 from tfcascade.transforms.publishing import output_layout as layout
 
 _LOG = logging.getLogger("tfcascade")
@@ -32,27 +32,11 @@ def _load_and_check(args):
   except ConfigError as e:
     return None, None, str(e)
   pre, problem = _preflight(config)
-  problem = problem or _output_path_problem(config.output_path)
+  problem = problem or dir_problem(config.output_path, "output.path")
   if problem:
     return None, None, problem
   _print_plan(config, pre)
   return config, pre, None
-
-
-def _output_path_problem(path: str):
-  """Why a local output.path cannot be a directory, or None."""
-  import os  # pylint: disable=g-import-not-at-top
-  if "://" in path:
-    return None  # object stores have no directories to be in the way
-  existing = os.path.abspath(path)
-  while not os.path.exists(existing) and os.path.dirname(existing) != existing:
-    existing = os.path.dirname(existing)
-  if not os.path.isdir(existing):
-    what = "is a file" if existing == os.path.abspath(path) else f"is under {existing}, a file"
-    return f"output.path {path} {what}; expected a directory (created if missing)"
-  if not os.access(existing, os.W_OK | os.X_OK):
-    return f"output.path {path}: cannot write in {existing} (permission denied)"
-  return None
 
 
 def _print_plan(config, pre) -> None:
@@ -90,6 +74,9 @@ def _preflight(config):
 
 def run(args, beam_args) -> int:
   """`tfcascade run`: checks everything, runs, publishes, prints the summary."""
+  problem = _flags_problem(args, beam_args)
+  if problem:
+    return _refused(problem)
   config, pre, problem = _load_and_check(args)
   if problem:
     return _refused(problem)
@@ -106,8 +93,9 @@ def run(args, beam_args) -> int:
     return exit_codes.OK
   except Exception as e:  # the pipeline failed on a worker; name it plainly
     _LOG.debug("run failed", exc_info=True)  # the traceback with --verbose
-    print(f"tfcascade: run FAILED: {_root_cause(e)}", file=sys.stderr)
-    return exit_codes.FAILED
+    cause, code = failure_cause.of(e)
+    print(f"tfcascade: run FAILED: {cause}", file=sys.stderr)
+    return code
   if summary is None:
     print(f"job submitted without waiting (template or dry run); its last step "
           f"checks the counts and writes {layout.SUCCESS} under "
@@ -115,6 +103,24 @@ def run(args, beam_args) -> int:
     return exit_codes.OK
   print(format_summary(summary))
   return exit_codes.OK
+
+
+def _flags_problem(args, beam_args):
+  """Why the flags cannot run on the chosen engine, before the config is read."""
+  if args.engine == "beam":
+    if args.master or args.spark_conf:
+      return "--master and --spark-conf need --engine spark"
+    from tfcascade.pipeline import beam_flags  # pylint: disable=g-import-not-at-top
+    from tfcascade.pipeline.config import key_paths  # pylint: disable=g-import-not-at-top
+    return beam_flags.problem(beam_args, args.own_flags, key_paths())
+  if beam_args:
+    return (f"unrecognized arguments with --engine spark: "
+            f"{' '.join(beam_args)} (Beam flags need --engine beam)")
+  if importlib.util.find_spec("pyspark") is None:
+    return ("--engine spark needs pyspark: pip install -c constraints.txt "
+            "-e '.[spark]'")
+  from tfcascade.transforms.spark import master_url  # pylint: disable=g-import-not-at-top
+  return master_url.problem(args.master)
 
 
 class _Refused(Exception):
@@ -125,16 +131,8 @@ def _run_engine(args, beam_args, config, pre):
   """Runs the job on the chosen engine (_Refused before any data is read)."""
   from tfcascade.pipeline import beam_job  # pylint: disable=g-import-not-at-top
   if args.engine == "beam":
-    if args.master or args.spark_conf:
-      raise _Refused("--master and --spark-conf need --engine spark")
     return beam_job.run(config, beam_args, overwrite=args.overwrite, pre=pre,
                         resume=args.resume)
-  if beam_args:
-    raise _Refused(f"unrecognized arguments with --engine spark: "
-                   f"{' '.join(beam_args)} (Beam flags need --engine beam)")
-  if importlib.util.find_spec("pyspark") is None:
-    raise _Refused("--engine spark needs pyspark: pip install -c constraints.txt "
-                   "-e '.[spark]'")
   from tfcascade.pipeline import spark_job  # pylint: disable=g-import-not-at-top
   try:
     spark_job.check_config(config)
@@ -144,26 +142,6 @@ def _run_engine(args, beam_args, config, pre):
   return spark_job.run(config, overwrite=args.overwrite,
                        master=args.master or spark_job.DEFAULT_MASTER,
                        spark_conf=conf, pre=pre, resume=args.resume)
-
-
-def _root_cause(error: BaseException) -> str:
-  """Beam wraps worker errors several times; our own error's line says most."""
-  from tfcascade.transforms.reading.record_ranges import CorruptInputError, InputChangedError  # pylint: disable=g-import-not-at-top
-  from tfcascade.transforms.engine.pinning import ModelChangedError  # pylint: disable=g-import-not-at-top
-  from tfcascade.transforms.gpu_check import DeviceError  # pylint: disable=g-import-not-at-top
-  from tfcascade.transforms.scoring.chunk_scorer import StageFailedError  # pylint: disable=g-import-not-at-top
-  from tfcascade.transforms.writing.shard_writer import OutputWriteError  # pylint: disable=g-import-not-at-top
-  # Errors a worker raises on purpose: their message names the culprit.
-  ours = (CorruptInputError, InputChangedError, ModelChangedError, StageFailedError,
-          DeviceError, OutputWriteError, finalize.AccountingError, finalize.RejectionError,
-          finalize.ConcurrentRunError)
-  text = str(error)
-  markers = [f"{cls.__name__}: " for cls in ours]
-  found = [text.rindex(marker) for marker in markers if marker in text]
-  if found:
-    return text[max(found):].splitlines()[0]
-  lines = [l for l in text.strip().splitlines() if l.strip()]
-  return lines[-1] if lines else repr(error)
 
 
 def _device_problem(config, args=None, beam_args=()):
@@ -183,6 +161,10 @@ def validate(args, _) -> int:
   problem = _device_problem(config)
   if problem:
     return _refused(problem)
+  try:  # what `run` would refuse about the output directory
+    run_start.check_output(config.output_path, args.overwrite)
+  except (run_start.OutputExistsError, run_start.RunInProgressError) as e:
+    return _refused(str(e))
   if args.sample > 0:
     problem = _score_sample(config, pre, args.sample)
     if problem:
@@ -223,7 +205,7 @@ def inspect(args, _) -> int:
   """`tfcascade inspect`: a checkpoint, TFRecord files, or an output dir."""
   from tfcascade.pipeline import inspection  # pylint: disable=g-import-not-at-top
   try:
-    print(inspection.describe(args.path, label=args.label))
+    print(inspection.describe(args.path, label=args.label, relative_to=args.relative_to))
   except inspection.InspectError as e:
     return _refused(str(e))
   return exit_codes.OK
@@ -237,51 +219,25 @@ def tune(args, _) -> int:
 
 def demo(args, _) -> int:
   """`tfcascade demo`: trains the demo models and writes the demo data."""
+  from tfcascade.pipeline.demo.demo_dir import DemoError, check_numbers  # pylint: disable=g-import-not-at-top; no TensorFlow
   try:
-    from tfcascade.pipeline.demo.build import build_demo  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    return _refused(f"the demo needs scikit-learn (pip install '.[demo]'): {e}")
-  problem = _demo_args_problem(args)
+    check_numbers(args.records, args.shards, args.seed)
+  except DemoError as e:
+    return _refused(str(e))
+  problem = dir_problem(args.out, "--out")
   if problem:
     return _refused(problem)
   try:
+    from tfcascade.pipeline.demo.build import build_demo  # pylint: disable=g-import-not-at-top
+    from tfcascade.pipeline.demo.report import demo_lines  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    return _refused(f"the demo needs scikit-learn (pip install '.[demo]'): {e}")
+  try:
     report = build_demo(args.out, records=args.records, shards=args.shards, seed=args.seed)
+  except DemoError as e:  # an --out holding files the demo did not write
+    return _refused(str(e))
   except OSError as e:  # a path under --out that cannot be written
     return _refused(f"cannot write the demo under {args.out}: "
                     f"{e.strerror or e}: {e.filename or args.out}")
   print(demo_lines(report, args.out))
   return exit_codes.OK
-
-
-def demo_lines(report: dict, out: str) -> str:
-  """What `tfcascade demo` prints; everything else is in <out>/demo.json."""
-  import os  # pylint: disable=g-import-not-at-top
-  files = report["data"]["files"]
-  return "\n".join([
-      f"demo written to {out}: models a and b, {report['records']:,} records in "
-      f"{len(files)} file(s) ({report['data']['pattern']})",
-      f"  accuracy on those records: a alone {report['a_accuracy']:.2%}, b alone "
-      f"{report['b_accuracy']:.2%}, cascade {report['cascade_accuracy']:.2%} "
-      f"(b runs where a.confidence < {report['confidence_threshold']:g}: "
-      f"{report['b_share']:.1%} of rows)",
-      f"  details: {os.path.join(out, 'demo.json')}",
-      "  next: tfcascade validate --config configs/local.yaml (it reads ./demo; "
-      "README: 'The demo')"])
-
-
-def _demo_args_problem(args):
-  """Why `demo --out/--records/--shards` cannot work, or None."""
-  import os  # pylint: disable=g-import-not-at-top
-  if args.records < 0 or args.shards < 1:
-    return f"--records must be >= 0 and --shards >= 1 (got {args.records}, {args.shards})"
-  out = args.out
-  if os.path.exists(out) and not os.path.isdir(out):
-    return f"--out {out} is a file; expected a directory to create (or an existing one)"
-  parent = out if os.path.isdir(out) else os.path.dirname(os.path.abspath(out))
-  while parent and not os.path.exists(parent):
-    parent = os.path.dirname(parent)
-  if parent and not os.path.isdir(parent):
-    return f"--out {out}: {parent} is a file, not a directory"
-  if parent and not os.access(parent, os.W_OK | os.X_OK):
-    return f"--out {out}: cannot write under {parent} (permission denied)"
-  return None

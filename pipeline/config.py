@@ -29,6 +29,21 @@ class ConfigError(ValueError):
   """The config is invalid; the message names the file and the key path."""
 
 
+class _Loader(yaml.SafeLoader):
+  """YAML without implicit dates: `run_date: 2026-02-30` stays a string that
+  the schema rejects naming the key, instead of PyYAML's bare ValueError."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers
+            if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
+def _parse_yaml(text: str):
+  return yaml.load(text, Loader=_Loader)  # safe: a SafeLoader subclass
+
+
 class _Model(pydantic.BaseModel):
   model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
 
@@ -219,7 +234,12 @@ def apply_override(raw: dict, assignment: str) -> Tuple[Tuple, object]:
   key, sep, text = assignment.partition("=")
   if not sep or not key:
     raise ConfigError(f"--set {assignment!r}: expected dotted.key=value")
-  value = yaml.safe_load(text) if text else None  # `key=` unsets a key
+  try:
+    value = _parse_yaml(text) if text else None  # `key=` unsets a key
+  except yaml.YAMLError as e:
+    raise ConfigError(f"--set {assignment}: the value is not valid YAML "
+                      f"({getattr(e, 'problem', None) or type(e).__name__}); quote "
+                      f"it for a string, e.g. --set '{key}=\"{text}\"'") from None
   node, path = raw, []
   parts = key.split(".")
   for i, part in enumerate(parts):
@@ -243,14 +263,20 @@ def apply_override(raw: dict, assignment: str) -> Tuple[Tuple, object]:
   return tuple(path), value
 
 
-def _format_errors(source: str, error: pydantic.ValidationError) -> str:
+def _format_errors(source: str, error: pydantic.ValidationError,
+                   overridden: Sequence[Tuple]) -> str:
+  """One line for one error; a line per key path for several."""
   lines = []
   for err in error.errors():
     where = ".".join(str(p) for p in err["loc"]) or "(top level)"
     message = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
       message = "unknown key"
+    if any(tuple(err["loc"][:len(keys)]) == keys for keys in overridden):
+      message += " (from --set)"
     lines.append(f"{where}: {message}")
+  if len(lines) == 1:
+    return f"invalid config {source}: {lines[0]}"
   return f"invalid config {source}:\n  " + "\n  ".join(lines)
 
 
@@ -265,7 +291,7 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> JobConfig:
     ConfigError: naming the file and every bad key path.
   """
   try:
-    raw = yaml.safe_load(_read_text(path))
+    raw = _parse_yaml(_read_text(path))
   except (OSError, IOError) as e:
     raise ConfigError(f"cannot read config {path}: {getattr(e, 'strerror', None) or e}") from e
   except UnicodeDecodeError as e:  # a binary file (an image, a checkpoint, ...)
@@ -284,14 +310,31 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> JobConfig:
                       f"output:), not a {type(raw).__name__}")
   base = posixpath.dirname(path) if "://" in path else os.path.dirname(os.path.abspath(path))
   raw = _resolve_paths(raw, base)
+  overridden = []
   for assignment in overrides:
     keys, value = apply_override(raw, assignment)
+    overridden.append(keys)
     if _is_path_key(keys):  # --set paths are relative to where the user is
       _assign(raw, keys, _absolute(value, os.getcwd()))
   try:
     return JobConfig.model_validate(raw)
   except pydantic.ValidationError as e:
-    raise ConfigError(_format_errors(path, e)) from None
+    raise ConfigError(_format_errors(path, e, overridden)) from None
+
+
+def key_paths() -> Dict[str, List[str]]:
+  """Each config key's name -> its dotted paths (`max_fraction` ->
+  [`dead_letter.max_fraction`]), to suggest `--set` for a key given as a flag."""
+  paths: Dict[str, List[str]] = {}
+
+  def walk(model, prefix):
+    for name, field in model.model_fields.items():
+      paths.setdefault(name, []).append(prefix + name)
+      if isinstance(field.annotation, type) and issubclass(field.annotation, _Model):
+        walk(field.annotation, f"{prefix}{name}.")
+
+  walk(JobConfig, "")
+  return paths
 
 
 def _read_text(path: str) -> str:

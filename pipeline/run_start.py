@@ -74,10 +74,7 @@ def prepare(output_path: str, overwrite: bool, detached: bool = False,
     summary = read_summary(output_path)
     if summary and summary.get("run_key") == run_key:
       raise AlreadyComplete(summary)
-  if layout.exists(join(output_path, SUCCESS)) and not overwrite:
-    raise OutputExistsError(
-        f"{output_path} already holds a complete run ({SUCCESS} present); "
-        f"pass --overwrite to replace it")
+  _refuse_complete(output_path, overwrite)
   alive = []
   for state in map(run_registry.state, run_registry.runs(output_path)):
     if state.alive:
@@ -94,6 +91,26 @@ def prepare(output_path: str, overwrite: bool, detached: bool = False,
     layout.delete_tree(run.run_dir)
     raise _in_progress(output_path, rivals)
   return run
+
+
+def check_output(output_path: str, overwrite: bool) -> None:
+  """What `prepare` refuses, checked without changing anything (`validate`).
+
+  Raises:
+    OutputExistsError: a complete output and no `overwrite`.
+    RunInProgressError: another run of this output is alive.
+  """
+  _refuse_complete(output_path, overwrite)
+  alive = [s for s in map(run_registry.state, run_registry.runs(output_path)) if s.alive]
+  if alive:
+    raise _in_progress(output_path, alive)
+
+
+def _refuse_complete(output_path: str, overwrite: bool) -> None:
+  if layout.exists(join(output_path, SUCCESS)) and not overwrite:
+    raise OutputExistsError(
+        f"{output_path} already holds a complete run ({SUCCESS} present); "
+        f"pass --overwrite to replace it")
 
 
 def _in_progress(output_path, states) -> RunInProgressError:

@@ -597,7 +597,7 @@ def test_damaged_framing_under_both_policies(job, tmp_path, capsys, kind):
   pattern = f"input.pattern=[{job['root']}/data/part-*.tfrecord.gz, {bad_file}]"
   out = tmp_path / "out"
   capsys.readouterr()
-  assert _run(job, out, "--set", pattern) == 1  # on_corrupt: fail (the default)
+  assert _run(job, out, "--set", pattern) == 2  # on_corrupt: fail (the default): fix the file, or quarantine
   err = capsys.readouterr().err
   assert f"corrupt TFRecord file {bad_file}" in err, err
   assert f"record {expected[0]} at byte offset {expected[1]}: {reason}" in err, err
@@ -646,7 +646,7 @@ def test_damage_inside_a_byte_range_split_file(job, tmp_path, capsys, policy):
   out = tmp_path / "out"
   capsys.readouterr()
   if policy == "fail":
-    assert _run(job, out, *args) == 1
+    assert _run(job, out, *args) == 2
     assert f"{path}: record {damaged} at byte offset {at}: data CRC mismatch" in (
         capsys.readouterr().err)
     _nothing_published(out)

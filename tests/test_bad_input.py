@@ -127,7 +127,7 @@ def test_framing_damage_under_both_policies(job, tmp_path, kind):
     f.write(data)
   try:
     fail_out = tmp_path / "fail"
-    assert _run(job, fail_out) == 1
+    assert _run(job, fail_out) == 2
     assert not (fail_out / "_SUCCESS").exists()
     assert not glob.glob(str(fail_out / "predictions-*"))
     quarantine_out = tmp_path / "quarantine"
@@ -150,7 +150,7 @@ def test_fail_policy_error_names_file_and_offset(job, tmp_path, capsys):
   with gzip.open(bad_file, "wb") as f:
     f.write(data)
   try:
-    assert _run(job, tmp_path / "out") == 1
+    assert _run(job, tmp_path / "out") == 2
   finally:
     os.remove(bad_file)
   err = capsys.readouterr().err

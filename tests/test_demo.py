@@ -10,19 +10,29 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
 import tensorflow as tf
+import yaml
 
+from tfcascade.pipeline.config import load_config
 from tfcascade.pipeline.demo import build
 from tfcascade.pipeline.demo import dataset
 from tfcascade.pipeline.demo import digits
+from tfcascade.pipeline.demo import job_config
 from tfcascade.pipeline.demo import models
+from tfcascade.pipeline.demo.demo_dir import DemoError
+from tfcascade.pipeline.demo.report import demo_lines
 
 v1 = tf.compat.v1
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECORDS = 3000
 SHARDS = 3
+QUICK_STEPS = 50  # models good enough to rebuild a demo around
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +67,7 @@ def _read_data(out: str):
           "pixels": tf.io.FixedLenFeature([64], tf.float32),
           "label": tf.io.FixedLenFeature([], tf.int64)}
   ds = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(
-      RECORDS + 1).map(lambda s: tf.io.parse_example(s, spec))
+      10 * RECORDS).map(lambda s: tf.io.parse_example(s, spec))
   batch = next(iter(ds))
   return (batch["id"].numpy().tolist(), batch["pixels"].numpy(),
           batch["label"].numpy())
@@ -210,3 +220,185 @@ def test_split_and_augment():
     assert any(np.array_equal(
         img, np.roll(np.roll(np.pad(src, 1), dy, 0), dx, 1)[1:9, 1:9])
                for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+
+
+# --- rebuilding over a demo --------------------------------------------------
+
+@pytest.fixture
+def quick_demo(tmp_path):
+  """A demo of 600 records in 3 files, with quickly trained models."""
+  out = str(tmp_path / "demo")
+  return out, build.build_demo(out, records=600, shards=3, seed=0, steps=QUICK_STEPS)
+
+
+def _ids_a_job_reads(out: str):
+  """The ids of every record the demo's own config reads, as a job would."""
+  config = load_config(os.path.join(out, job_config.CONFIG))
+  files = sorted(f for pattern in config.input_patterns for f in tf.io.gfile.glob(pattern))
+  ds = tf.data.TFRecordDataset(files, compression_type="GZIP")
+  return [tf.train.Example.FromString(r).features.feature["id"].bytes_list.value[0]
+          for r in ds.as_numpy_iterator()]
+
+
+def _snapshot(out: str):
+  """Every file under out with its bytes."""
+  found = {}
+  for folder, _, names in os.walk(out):
+    for name in names:
+      with open(os.path.join(folder, name), "rb") as f:
+        found[os.path.relpath(os.path.join(folder, name), out)] = f.read()
+  return found
+
+
+def test_a_rebuild_with_fewer_records_and_files_reads_exactly_the_new_ones(quick_demo):
+  out, first = quick_demo
+  assert first["rebuilt"] == "models and data"
+  weights = open(first["models"]["a"]["checkpoint"] + ".index", "rb").read()
+  second = build.build_demo(out, records=200, shards=2, seed=0, steps=QUICK_STEPS)
+  # Same seed and steps: the models are kept, the data replaced whole.
+  assert second["rebuilt"] == "data"
+  assert open(second["models"]["a"]["checkpoint"] + ".index", "rb").read() == weights
+  assert sorted(os.listdir(os.path.join(out, "data"))) == [
+      "part-00000-of-00002.tfrecord.gz", "part-00001-of-00002.tfrecord.gz"]
+  assert _ids_a_job_reads(out) == dataset.demo_records(200, 0)[0]
+  with open(os.path.join(out, "demo.json")) as f:
+    assert json.load(f)["records"] == 200
+  assert not [n for n in os.listdir(os.path.dirname(out)) if n != "demo"]  # no staging left
+  # The same arguments again: nothing to do.
+  assert build.build_demo(out, records=200, shards=2, seed=0,
+                          steps=QUICK_STEPS)["rebuilt"] == "nothing"
+  # Another seed: other models, so both are rebuilt.
+  third = build.build_demo(out, records=200, shards=2, seed=1, steps=QUICK_STEPS)
+  assert third["rebuilt"] == "models and data"
+  assert _ids_a_job_reads(out) == dataset.demo_records(200, 1)[0]
+
+
+def test_a_demo_of_another_version_or_with_files_missing_is_rebuilt(quick_demo):
+  out, _ = quick_demo
+  os.remove(os.path.join(out, "data", "part-00001-of-00003.tfrecord.gz"))
+  assert build.build_demo(out, records=600, shards=3, seed=0,
+                          steps=QUICK_STEPS)["rebuilt"] == "data"
+  assert len(_ids_a_job_reads(out)) == 600
+  with open(os.path.join(out, "demo.json")) as f:
+    old = {k: v for k, v in json.load(f).items() if k != "version"}  # as before versions
+  with open(os.path.join(out, "demo.json"), "w") as f:
+    json.dump(old, f)
+  open(os.path.join(out, ".records"), "w").write("600\n")  # run_local.sh's old marker
+  assert build.build_demo(out, records=600, shards=3, seed=0,
+                          steps=QUICK_STEPS)["rebuilt"] == "models and data"
+  assert ".records" not in os.listdir(out)
+
+
+_KILLED_WHILE_BUILDING = textwrap.dedent("""\
+    import os, sys
+    from tfcascade.pipeline.demo import build, dataset
+    write = dataset.write_demo_dataset
+
+    def killed_after_writing(out_dir, **kwargs):
+      write(out_dir, **kwargs)  # the new data set, complete, not yet in place
+      os.kill(os.getpid(), 9)
+
+    dataset.write_demo_dataset = killed_after_writing
+    build.build_demo(sys.argv[1], records=100, shards=1, seed=0, steps=int(sys.argv[2]))
+    """)
+
+
+def test_a_build_killed_midway_leaves_the_old_demo_and_the_next_one_cleans_up(quick_demo):
+  out, _ = quick_demo
+  before = _snapshot(out)
+  killed = subprocess.run([sys.executable, "-c", _KILLED_WHILE_BUILDING, out,
+                           str(QUICK_STEPS)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+  assert killed.returncode == -9, killed.stderr
+  assert _snapshot(out) == before  # the old demo, byte for byte
+  assert _ids_a_job_reads(out) == dataset.demo_records(600, 0)[0]
+  parent = os.path.dirname(out)
+  assert sorted(os.listdir(parent)) == [".demo.demo-partial", "demo"]
+  build.build_demo(out, records=100, shards=1, seed=0, steps=QUICK_STEPS)
+  assert os.listdir(parent) == ["demo"]
+  assert _ids_a_job_reads(out) == dataset.demo_records(100, 0)[0]
+
+
+def test_an_interrupted_build_removes_its_partial_copy(quick_demo, monkeypatch):
+  out, _ = quick_demo
+  before = _snapshot(out)
+
+  def interrupted(out_dir, **kwargs):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(dataset, "write_demo_dataset", interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    build.build_demo(out, records=100, shards=1, seed=0, steps=QUICK_STEPS)
+  assert _snapshot(out) == before
+  assert os.listdir(os.path.dirname(out)) == ["demo"]
+
+
+@pytest.mark.parametrize("records, shards, seed, flag", [
+    (0, 1, 0, "--records"), (-5, 1, 0, "--records"), (10, 0, 0, "--shards"),
+    (3, 4, 0, "--shards"), (10, 2, -1, "--seed")])
+def test_numbers_that_make_no_demo_are_refused(tmp_path, records, shards, seed, flag):
+  with pytest.raises(DemoError, match=f"^{flag} must be"):
+    build.build_demo(str(tmp_path / "d"), records=records, shards=shards, seed=seed)
+  assert not os.path.exists(tmp_path / "d")
+
+
+def test_user_files_are_never_replaced(quick_demo, tmp_path, monkeypatch):
+  mine = tmp_path / "mine"
+  mine.mkdir()
+  (mine / "notes.txt").write_text("keep me")
+  with pytest.raises(DemoError, match=r"--out .*mine .*notes\.txt.* no demo\.json"):
+    build.build_demo(str(mine), records=10, shards=1)
+  assert os.listdir(mine) == ["notes.txt"]
+  out, _ = quick_demo
+  with open(os.path.join(out, "results.csv"), "w") as f:
+    f.write("mine")
+  before = _snapshot(out)
+  with pytest.raises(DemoError, match=r"holds a demo and also results\.csv"):
+    build.build_demo(out, records=10, shards=1, steps=QUICK_STEPS)
+  assert _snapshot(out) == before
+  os.remove(os.path.join(out, "results.csv"))
+  monkeypatch.chdir(os.path.join(out, "data"))
+  with pytest.raises(DemoError, match="current directory"):
+    build.build_demo(out, records=10, shards=1, steps=QUICK_STEPS)
+
+
+def test_the_demo_config_is_configs_local_yaml_but_for_its_paths(quick_demo):
+  out, _ = quick_demo
+  path_keys = ("pattern", "checkpoint", "meta_graph", "path")
+
+  def without_paths(node):
+    if isinstance(node, dict):
+      return {k: without_paths(v) for k, v in node.items() if k not in path_keys}
+    return [without_paths(v) for v in node] if isinstance(node, list) else node
+
+  with open(os.path.join(out, job_config.CONFIG)) as f:
+    ours = yaml.safe_load(f)
+  with open(os.path.join(ROOT, "configs", "local.yaml")) as f:
+    shipped = yaml.safe_load(f)
+  assert without_paths(ours) == without_paths(shipped)
+  config = load_config(os.path.join(out, job_config.CONFIG))
+  spec = config.cascade_spec()
+  assert [s.checkpoint for s in spec.stages] == [
+      os.path.join(out, "models", "a"), os.path.join(out, "models", "b")]
+  assert config.output_path == os.path.join(os.path.dirname(out), "demo-predictions")
+
+
+def test_the_printed_lines_say_what_was_rebuilt_and_a_true_next_step(
+    quick_demo, tmp_path, monkeypatch):
+  out, first = quick_demo
+  lines = demo_lines(first, out).splitlines()
+  assert "models a and b trained (seed 0); 600 records in 3 file(s)" in lines[0]
+  assert f"cascade {first['cascade_accuracy']:.2%}" in lines[1]
+  config = os.path.join(out, "config.yaml")
+  assert lines[-1] == (f"  next: tfcascade validate --config {config}, then tfcascade run "
+                       f"--config {config} (it writes "
+                       f"{os.path.join(os.path.dirname(out), 'demo-predictions')})")
+  kept = build.build_demo(out, records=60, shards=1, steps=QUICK_STEPS)
+  assert "models a and b kept" in demo_lines(kept, out)
+  same = build.build_demo(out, records=60, shards=1, steps=QUICK_STEPS)
+  assert "up to date" in demo_lines(same, out).splitlines()[0]
+  # From a checkout's root, ./demo is what configs/local.yaml reads.
+  monkeypatch.chdir(os.path.dirname(out))
+  os.makedirs("configs")
+  shutil.copy(os.path.join(ROOT, "configs", "local.yaml"), "configs")
+  assert demo_lines(same, "demo").splitlines()[-1].startswith(
+      "  next: tfcascade validate --config configs/local.yaml")

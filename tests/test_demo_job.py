@@ -64,3 +64,11 @@ def test_local_config_on_demo_matches_numpy_oracle(demo, tmp_path, capsys):
   cascade = float(np.mean(oracle["cascade_prediction"] == labels))
   assert f"cascade: {cascade:.4f}" in report
   assert cascade > float(np.mean(oracle["a_prediction"] == labels))
+
+
+def test_the_config_the_demo_writes_validates_from_anywhere(demo, tmp_path, monkeypatch, capsys):
+  """`<demo>/config.yaml`, which `tfcascade demo` names as the next step for
+  a demo outside a checkout, validates with no --set, from another directory."""
+  monkeypatch.chdir(tmp_path)
+  assert main(["validate", "--config", str(demo / "config.yaml")]) == 0
+  assert "config OK" in capsys.readouterr().out

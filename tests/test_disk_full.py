@@ -52,8 +52,6 @@ TRACEBACK_LEAKS = {
                         "straight to the inherited stderr (apache_beam/runners/worker/"
                         "sdk_worker.py, print(traceback_string, file=sys.stderr)) and the "
                         "launcher re-logs it as an ERROR 'Worker: ...' record",
-    "spark": "Spark's log4j logs the failed task with the Python traceback (ERROR "
-             "Executor, WARN/ERROR TaskSetManager); pipeline/spark_job.py sets no log level",
 }
 # Root less the capabilities that bypass file permissions.
 NO_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"]

@@ -298,3 +298,113 @@ def test_engine_imports_without_beam():
   result = subprocess.run([sys.executable, "-c", code], capture_output=True,
                           text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
   assert result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+# --- names the engine uses itself (issue 21, point 11) ------------------------
+
+
+def _renamed_ab_spec(models, a_name="a", a_scope="a", b_name="b", b_scope="b"):
+  """_ab_spec (b gated on a) with other stage names and scopes."""
+  return CascadeSpec(FEATURES, (
+      meta_stage(a_name, models["a1"], {"input:0": "features.pixels"}, A_OUT,
+                 scope=a_scope),
+      meta_stage(b_name, models["b"], {"input:0": f"{a_name}.logits",
+                                       "pixels:0": "features.pixels"},
+                 {"probs": "probs:0"}, scope=b_scope,
+                 run_if=f"{a_name}.confidence < 0.99"),
+  ))
+
+
+@pytest.mark.parametrize("names", [
+    {"a_name": "parse", "a_scope": "parse"},
+    {"b_name": "parse", "b_scope": "parse"},
+    {"a_scope": "Parse"},
+    {"a_scope": "serialized_examples"},
+    {"b_scope": "Shape"},
+    {"b_scope": "strided_slice"},
+    {"b_scope": "Cast"},
+    {"b_scope": "Less"},
+    {"b_scope": "Where"},
+    {"a_scope": "concat"},
+    {"b_scope": "Size"},
+    {"a_name": "tfcascade", "a_scope": "tfcascade"},
+])
+def test_names_the_engine_uses_are_free_for_stages(models, names):
+  """Before, the engine's parse ("parse"), placeholder and gate ops sat at
+  the graph's top level: a stage placed under one of those names landed
+  under "<name>_1" and its outputs were "not found"."""
+  pixels = _pixels(100)
+  spec = _renamed_ab_spec(models, **names)
+  a, b = (s.name for s in spec.stages)
+  with CascadeSession(spec) as session:
+    out = session.run(tm.make_examples(pixels))
+  a_out, b_out = _oracle_ab(models, pixels)
+  ran = a_out["confidence"] < 0.99
+  assert 0 < ran.sum() < len(pixels)
+  np.testing.assert_allclose(out.outputs[f"{a}/logits"], a_out["logits"], atol=1e-5)
+  np.testing.assert_array_equal(out.outputs[f"{b}/ran"], ran.astype(np.int64))
+  np.testing.assert_allclose(out.outputs[f"{b}/probs"][ran], b_out["probs"][ran], atol=1e-5)
+
+
+def test_a_scope_named_like_a_gate_scope_is_free(models):
+  """c placed under "b_gate", the name b's gate ops had."""
+  pixels = _pixels(100)
+  spec = CascadeSpec(FEATURES, _ab_spec(models, run_if="a.confidence < 0.99").stages + (
+      meta_stage("c", models["c"], {"input:0": "b.probs"}, {"logits": "logits:0"},
+                 scope="b_gate"),))
+  with CascadeSession(spec) as session:
+    out = session.run(tm.make_examples(pixels))
+  expected = tm.oracle_meta_graph(models["c"], {"input:0": out.outputs["b/probs"]},
+                                  "logits:0")
+  np.testing.assert_allclose(out.outputs["c/logits"], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("scope", ["tfcascade.engine", "tfcascade.engine/a",
+                                   "TFCascade.Engine"])
+def test_the_engine_scope_is_refused_naming_the_stage(models, scope):
+  assert _error(_renamed_ab_spec(models, a_scope=scope)) == (
+      f"stage 'a': scope '{scope}' is reserved: the engine builds its own ops (the "
+      f"parse, the gates) under 'tfcascade.engine/'; give the stage another scope")
+
+
+def test_scopes_differing_only_in_case_are_refused_naming_the_stage(models):
+  msg = _error(_renamed_ab_spec(models, a_scope="m", b_scope="M"))
+  assert msg.startswith("stage 'b': scope 'M' is already taken in the graph (by node 'm/")
+  assert "TensorFlow's names ignore letter case" in msg and "'M_1'" in msg
+
+
+def test_a_scope_an_earlier_stage_created_works_or_is_refused(models):
+  """b under "a_restore": the name stage a's Saver takes (sources.py)."""
+  spec = _renamed_ab_spec(models, b_scope="a_restore")
+  try:
+    build_cascade_graph(spec)
+  except CascadeError as e:
+    assert str(e).startswith("stage 'b': scope 'a_restore' is already taken in the "
+                             "graph (by node 'a_restore/")
+    assert "give the stage another scope" in str(e)
+    return
+  test_names_the_engine_uses_are_free_for_stages(models, {"b_scope": "a_restore"})
+
+
+@pytest.mark.parametrize("name", ["a b", "a/b", ""])
+def test_a_stage_name_the_graph_cannot_hold_is_refused(models, name):
+  msg = _error(_renamed_ab_spec(models, a_name=name))
+  assert msg == (f"stage {name!r}: a stage name is letters, digits, '_', '.' and '-'")
+
+
+def test_stage_of_names_the_stage_of_engine_and_model_nodes(models):
+  spec = _renamed_ab_spec(models, a_scope="m", b_scope="m/inner")
+  with CascadeSession(spec) as session:
+    def stage_of(node):
+      return session.stage_of(tf.errors.InvalidArgumentError(
+          None, None, f"boom\n\t [[{{{{node {node}}}}}]]"))
+    assert stage_of("tfcascade.engine/stage/b/gate/GatherV2") == "b"
+    assert stage_of("tfcascade.engine/stage/a/outputs/Cast") == "a"
+    assert stage_of("m/dense/MatMul") == "a"
+    assert stage_of("m/inner/dense/MatMul") == "b"
+    assert stage_of("tfcascade.engine/input/parse/ParseExampleV2") is None
+    ops = [op.name for op in session.cascade.graph.get_operations()]
+  # Every op is the engine's or a model's; the name Savers of sources.py
+  # still sit at the top as "<scope>_restore" (refused as a scope, above).
+  elsewhere = [n for n in ops if not n.startswith(("tfcascade.engine/", "m/"))]
+  assert all(n.startswith("m_restore/") for n in elsewhere), elsewhere

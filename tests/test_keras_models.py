@@ -2,7 +2,7 @@
 
 Two Keras 3 models exported with `model.export()`, both with a layer named
 `dense`, chained A -> B through `saved_model:` stages (and gated with
-`run_if`), run through the real CLI job on the DirectRunner and checked
+`run_if`, on A's max output or on `max(a.probs)` of its softmax), run through the real CLI job on the DirectRunner and checked
 against `model.predict` run alone. The plan must say how their variables
 were restored, and warn only about variables the outputs really do not read.
 """
@@ -138,6 +138,23 @@ def test_two_keras_exports_gated_match_predict(keras_job):
   assert 0 < ran < N_RECORDS
   with open(out / "run_summary.json") as f:
     assert json.load(f)["stages"]["b"]["rows_run"] == ran
+
+
+@pytest.mark.slow
+def test_keras_probs_gated_as_exported_match_predict(keras_job):
+  """`max(a.probs) < t` reads the softmax output itself (issue 21, point
+  18): the same rows run as with A's extra max output `a.confidence < t`."""
+  out = keras_job["root"] / "out-gated-max"
+  threshold = keras_job["threshold"]
+  assert main(["run", "--config", keras_job["config"], "--set", f"output.path={out}",
+               "--set", f"stages.b.run_if=max(a.probs) < {threshold!r}",
+               "--runner=DirectRunner"]) == 0
+  rows = read_predictions_independently(out)
+  ran = _check(rows, keras_job["oracle"], threshold)
+  assert 0 < ran < N_RECORDS
+  for row in rows:  # the oracle's own max of A's probs, not A's max output
+    want = keras_job["oracle"][row["id"].encode()]["probs"]
+    assert row["b/ran"] == [int(want.max() < threshold)]
 
 
 def test_validate_plan_is_honest_about_keras_weights(keras_job, capsys):

@@ -6,10 +6,14 @@ from __future__ import annotations
 import glob
 import importlib.util
 import json
+import logging
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import (KeyedModelHandler, PredictionResult,
@@ -130,11 +134,12 @@ def test_with_exception_handling_routes_the_failing_batch(job):
   assert_that(main | "CountGood" >> beam.combiners.Count.Globally(), equal_to([20]),
               label="good")
   # (batch, (exception class, repr, traceback lines)), as Beam's
-  # with_exception_handling emits failures.
+  # with_exception_handling emits failures: the repr carries TF's reason.
   failed = other.failed_inferences | beam.MapTuple(
-      lambda batch, error: (list(batch), error[0].__name__,
-                                 "Could not parse" in "".join(error[2])))
-  assert_that(failed, equal_to([([b"not an example"], "InvalidArgumentError", True)]),
+      lambda batch, error: (list(batch), error[0].__name__, error[1]))
+  assert_that(failed, equal_to([([b"not an example"], "InvalidArgumentError",
+                                 "InvalidArgumentError(\"Could not parse example input, "
+                                 "value: 'not an example'\")")]),
               label="failed")
   p.run().wait_until_finish()
 
@@ -238,15 +243,24 @@ def test_from_config_checks_the_cascade_first(job, tmp_path):
     handler_from_config(job["config"], ["stages.b.outputs.probs=nope:0"])
 
 
-def test_the_example_scores_the_demo_like_demo_json(tmp_path, capsys):
-  """examples/run_inference.py on the demo: its accuracy and B's share equal
-  demo.json's (numpy on the saved weights, independent of the engine)."""
-  demo = tmp_path / "demo"
-  summary = build.build_demo(str(demo), records=600, shards=2, seed=0, steps=300)
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+  out = tmp_path_factory.mktemp("example") / "demo"
+  return out, build.build_demo(str(out), records=600, shards=2, seed=0, steps=300)
+
+
+def _example():
   spec = importlib.util.spec_from_file_location(
       "run_inference_example", os.path.join(ROOT, "examples", "run_inference.py"))
   example = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(example)
+  return example
+
+
+def test_the_example_scores_the_demo_like_demo_json(demo, tmp_path, capsys):
+  """examples/run_inference.py on the demo: its accuracy and B's share equal
+  demo.json's (numpy on the saved weights, independent of the engine)."""
+  demo, summary = demo
   sets = [f"input.pattern={demo}/data/part-*.tfrecord.gz"]
   for stage in ("a", "b"):
     sets += [f"stages.{stage}.checkpoint={demo}/models/{stage}",
@@ -255,8 +269,8 @@ def test_the_example_scores_the_demo_like_demo_json(tmp_path, capsys):
           str(tmp_path / "out")]
   for s in sets:
     argv += ["--set", s]
-  got = example.run(argv)
-  assert got["rows"] == 600
+  got = _example().run(argv)
+  assert got["rows"] == 600 and got["failed"] == 0
   assert got["cascade_accuracy"] == pytest.approx(summary["cascade_accuracy"], abs=1e-9)
   assert got["a_accuracy"] == pytest.approx(summary["a_accuracy"], abs=1e-9)
   assert got["b_share"] == pytest.approx(summary["b_share"], abs=1e-9)
@@ -264,3 +278,46 @@ def test_the_example_scores_the_demo_like_demo_json(tmp_path, capsys):
            for line in open(f)]
   assert len(lines) == 600 and {"id", "label", "answer", "b_ran"} <= set(lines[0])
   assert "cascade" in capsys.readouterr().out
+
+
+def test_the_examples_failed_records_say_why_and_tf_stays_quiet(demo, tmp_path):
+  """A record that does not parse, the example run as a user runs it: its
+  batch in failed-*.txt with TF's reason (no node lines), no accuracy made up
+  from no rows, and none of TF's C++ lines on stderr."""
+  demo, _ = demo
+  bad = tmp_path / "bad.tfrecord"
+  with tf.io.TFRecordWriter(str(bad)) as writer:
+    writer.write(b"not an example")
+  env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "examples", "run_inference.py"), "--config",
+       str(demo / "config.yaml"), "--out", "out", "--set", f"input.pattern={bad}"],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stderr == ""
+  assert proc.stdout.startswith("no record scored; 1 record(s) failed") and "%" not in proc.stdout
+  failed = [line for f in glob.glob(str(tmp_path / "out/failed-*.txt")) for line in open(f)]
+  assert failed == ["1 record(s): InvalidArgumentError(\"Could not parse example input, "
+                    "value: 'not an example'\")\n"]
+  with open(tmp_path / "out" / "summary.json") as f:
+    assert json.load(f) == {"rows": 0, "failed": 1, "a_accuracy": None,
+                            "cascade_accuracy": None, "b_share": None}
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--config", "nope.yaml"], "cannot read config nope.yaml"),
+    (["--config", "{demo}/config.yaml", "--set", "stages.b.checkpoint=nope"],
+     "stage 'b': no checkpoint at"),
+    (["--config", "{demo}/config.yaml", "--set", "input.pattern=nothing-*"],
+     "matches no files"),
+])
+def test_the_examples_own_errors_are_one_line_and_exit_2(demo, tmp_path, capfd,
+                                                         monkeypatch, flags, says):
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")  # main() would set it for good
+  root = logging.getLogger()
+  monkeypatch.setattr(root, "filters", list(root.filters))  # main() adds one
+  argv = [f.format(demo=demo[0]) for f in flags] + ["--out", "out"]
+  assert _example().main(argv) == 2
+  err = capfd.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("run_inference.py: error: ") and says in err[0]

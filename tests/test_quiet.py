@@ -46,7 +46,8 @@ def _stderr(cmd, *args, env=None):
 def test_no_tensorflow_start_up_lines_by_default(demo, cmd):
   # validate opens a session and runs it: MLIR's line comes then, if at all.
   config = os.path.join(ROOT, "configs", "local.yaml")
-  sets = [f"input.pattern={demo}/data/part-*.tfrecord.gz"]
+  sets = [f"input.pattern={demo}/data/part-*.tfrecord.gz",
+          f"output.path={demo}-quiet-out"]  # not the checkout's out/: validate checks it
   for stage in ("a", "b"):
     sets += [f"stages.{stage}.checkpoint={demo}/models/{stage}",
              f"stages.{stage}.meta_graph={demo}/models/{stage}/model.meta"]

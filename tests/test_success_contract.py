@@ -63,7 +63,7 @@ def _snapshot(out):
 def test_a_broken_model_fails_the_run_naming_the_stage(job, tmp_path, capsys, gated):
   out = tmp_path / "out"
   assert _run(job, out, *_builder_stage_b(job, "tests.tiny_models:broken_builder",
-                                          gated)) == 1
+                                          gated)) == 2
   err = capsys.readouterr().err
   assert "stage 'b'" in err and "tests.tiny_models:broken_builder" in err, err
   assert "broken model" in err and "fails on every row it runs on" in err
@@ -98,7 +98,7 @@ def test_mass_rejection_fails_unless_allowed(job, tmp_path, capsys):
   # An upstream schema change: every record lacks a feature the config needs.
   schema_change = ["--set", "input.features.extra={dtype: float32}"]
   out = tmp_path / "out"
-  assert _run(job, out, *schema_change) == 1
+  assert _run(job, out, *schema_change) == 2
   err = capsys.readouterr().err
   assert "300 of 300 records were dead-lettered (100.00%)" in err
   assert "Feature: extra (data type: float) is required" in err
@@ -140,7 +140,7 @@ def test_a_failed_overwrite_leaves_the_previous_output_as_it_was(job, tmp_path):
   damaged = job["root"] / "data" / "part-4.tfrecord.gz"
   damaged.write_bytes(b"\x1f\x8b not really gzip")
   try:
-    assert _run(job, out, "--overwrite") == 1  # on_corrupt: fail
+    assert _run(job, out, "--overwrite") == 2  # on_corrupt: fail
   finally:
     os.remove(damaged)
   assert _snapshot(out) == before

@@ -179,6 +179,30 @@ def test_refusals_exit_2_naming_the_problem(demo, tmp_path, capsys, extra, messa
   assert message in capsys.readouterr().err
 
 
+def test_a_measure_of_logits_is_swept_and_entropy_left_out(demo):
+  """The demo's A gives logits [N, 10]: max and margin of them sweep;
+  entropy of a row with negative values is NaN, so it is not compared, and
+  a gate on it has nothing to sweep."""
+  config = load_config(LOCAL, _overrides(demo) + ["stages.b.run_if=max(a.logits) < 5"])
+  result = tune.tune(config, "label", sample=400, measure=False, points=40)
+  (gate,) = result["gates"]
+  assert gate["reference"] == "max(a.logits)" and gate["current"]["run_if"] == (
+      "max(a.logits) < 5")
+  assert gate["set"].startswith("--set 'stages.b.run_if=max(a.logits) < ")
+  by_name = {m["measure"]: m for m in gate["measures"]}
+  assert by_name["margin"]["run_if"].startswith("margin(a.logits) < ")
+  assert by_name["entropy"] == {
+      "measure": "entropy", "configured": False,
+      "skipped": "entropy(a.logits) is not finite on 400 of 400 sampled rows (entropy "
+                 "expects probabilities: no negative value in a row)"}
+  assert "entropy(): not compared, entropy(a.logits) is not finite" in tune.format_report(
+      result)
+  config = load_config(LOCAL, _overrides(demo) + ["stages.b.run_if=entropy(a.logits) > 1"])
+  with pytest.raises(tune.TuneError, match=r"^stage 'b': entropy\(a.logits\) is not "
+                     r"finite on 400 of 400 sampled rows .*: nothing to sweep$"):
+    tune.tune(config, "label", sample=400, measure=False)
+
+
 # --- the arithmetic, without models ------------------------------------------
 
 
@@ -242,3 +266,49 @@ def test_a_gate_on_a_gated_stage_sees_its_fill_value():
   np.testing.assert_array_equal(ran["c"], [True, False, True])
   np.testing.assert_array_equal(answer, [3, 2, 3])
   assert cascade.accuracy(answer) == pytest.approx(2 / 3)
+
+
+def test_a_measure_gate_reads_the_fill_rows_of_a_gated_stage():
+  """c's gate takes entropy(b.probs), and b is gated: where b did not run,
+  the real cascade's b.probs row is all fill_value (0: entropy 0, c skips)."""
+  stages = (_stage("a", ["probs"]),
+            _stage("b", ["probs"], "max(a.probs) < 0.6"),
+            _stage("c", ["prediction"], "entropy(b.probs) > 0.5"))
+  a_probs = np.array([[0.9, 0.05, 0.05], [0.5, 0.3, 0.2], [0.4, 0.4, 0.2]], np.float32)
+  b_probs = np.array([[1 / 3] * 3, [0.98, 0.01, 0.01], [0.5, 0.5, 0.0]], np.float32)
+  predictions = {"a": a_probs.argmax(1), "b": b_probs.argmax(1), "c": np.array([2, 2, 2])}
+  cascade = tune.Cascade(stages, {"a/probs": a_probs, "b/probs": b_probs}, predictions,
+                         np.array([0, 0, 2]))
+  gates = {"b": Gate("a", "probs", "<", 0.6, "max"),
+           "c": Gate("b", "probs", ">", 0.5, "entropy")}
+  np.testing.assert_allclose(cascade.gate_values(gates["c"], {}),
+                             [np.log(3), 0.1119, np.log(2)], atol=1e-4)
+  answer, ran = cascade.run(gates)
+  np.testing.assert_array_equal(ran["b"], [False, True, True])
+  # Row 0: b did not run, its probs are [0, 0, 0]: entropy 0, c skips it.
+  np.testing.assert_array_equal(ran["c"], [False, False, True])
+  np.testing.assert_array_equal(answer, [0, 0, 2])
+  rows = tune.sweep_gate(cascade, stages[1], gates, None, points=10)
+  assert all(r["run_if"].startswith("max(a.probs) < ") for r in rows)
+  assert [r["current"] for r in rows].count(True) == 1
+  swept = tune.sweep_gate(cascade, stages[1], gates, None, points=10,
+                          swept=Gate("a", "probs", "<", 0.0, "margin"))
+  assert all(r["run_if"].startswith("margin(a.probs) < ") for r in swept)
+  assert not any(r["current"] for r in swept)
+  assert swept[0]["share"] == 0 and swept[-1]["share"] == 1
+
+
+def test_the_fill_value_is_read_as_the_graph_writes_it():
+  """A float32 output's fill_value 0.1 is float32(0.1) in the graph, above
+  0.1 in float64: `b.conf <= 0.1` fails on rows b did not run on."""
+  stages = (_stage("a", ["conf", "prediction"]),
+            _stage("b", ["conf", "prediction"], "a.conf < 0.5", fill=0.1),
+            _stage("c", ["prediction"], "b.conf <= 0.1"))
+  outputs = {"a/conf": np.array([0.9, 0.1], np.float32),
+             "b/conf": np.array([0.05, 0.05], np.float32)}
+  predictions = {n: np.array([0, 0]) for n in "abc"}
+  cascade = tune.Cascade(stages, outputs, predictions, np.array([0, 0]))
+  gates = {"b": Gate("a", "conf", "<", 0.5), "c": Gate("b", "conf", "<=", 0.1)}
+  ran = cascade.run(gates)[1]
+  assert cascade.gate_values(gates["c"], ran)[0] == np.float64(np.float32(0.1))
+  np.testing.assert_array_equal(ran["c"], [False, True])

@@ -18,6 +18,10 @@ from tfcascade.pipeline.demo import digits
 
 # Keeps the scoring draw a different stream from any training draw.
 _DATA_DRAW = 3_000
+# Each record's features, as a job config declares them.
+FEATURES = {"id": {"dtype": "string"},
+            "pixels": {"dtype": "float32", "shape": [digits.NUM_PIXELS]},
+            "label": {"dtype": "int64"}}
 
 
 def shard_path(out_dir: str, shard: int, shards: int) -> str:
@@ -55,19 +59,24 @@ def write_demo_dataset(out_dir: str, records: int = 200_000, shards: int = 8,
   """Writes `records` Examples over `shards` GZIP TFRecord files.
 
   Args:
-    out_dir: directory to write; created if missing. Existing shards with the
-      same names are overwritten.
+    out_dir: directory to write: created if missing, else it must be empty
+      (old shards next to the new ones would be read as part of the set).
     records: number of records in total.
     shards: number of files.
     seed: seeds the augmentation; same arguments, same bytes.
 
   Returns:
     {"records", "shards", "files", "records_per_file", "bytes", "seed"}.
+
+  Raises:
+    ValueError: records < 1, shards outside 1..records, or out_dir not empty.
   """
-  if records < 0 or shards < 1:
-    raise ValueError(f"need records >= 0 and shards >= 1, got {records}, "
+  if not 1 <= shards <= records:
+    raise ValueError(f"need records >= 1 and shards in 1..records, got {records}, "
                      f"{shards}")
   os.makedirs(out_dir, exist_ok=True)
+  if os.listdir(out_dir):
+    raise ValueError(f"{out_dir} is not empty")
   ids, pixels, labels = demo_records(records, seed)
   # One reused message, refilled per record: building a fresh Example tree
   # per record costs several times more than refilling three fields.

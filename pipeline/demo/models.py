@@ -30,6 +30,7 @@ HIDDEN_UNITS = 128
 TRAIN_EXAMPLES = 40_000
 EVAL_EXAMPLES = 20_000
 BATCH_SIZE = 256
+TRAIN_STEPS = 3000  # optimizer steps per model
 META_GRAPH = "model.meta"
 CKPT_BASENAME = "model.ckpt"
 
@@ -182,7 +183,7 @@ def _accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
   return float(np.mean(pred == labels))
 
 
-def train_demo_models(out_dir: str, seed: int = 0, steps: int = 3000
+def train_demo_models(out_dir: str, seed: int = 0, steps: int = TRAIN_STEPS
                      ) -> dict:
   """Trains model A, then model B on A's frozen logits, and saves both.
 
@@ -244,6 +245,14 @@ def train_demo_models(out_dir: str, seed: int = 0, steps: int = 3000
       },
       "train_seconds": time.perf_counter() - start,
   }
+
+
+def located(entry: dict, model_dir: str) -> dict:
+  """A model's entry from train_demo_models, for its files now in `model_dir`
+  (the demo is built elsewhere, then moved into place)."""
+  return {**entry, "dir": model_dir,
+          "checkpoint": os.path.join(model_dir, os.path.basename(entry["checkpoint"])),
+          "meta_graph": os.path.join(model_dir, META_GRAPH)}
 
 
 def train_same_architecture_pair(out_dir: str,

@@ -8,15 +8,22 @@ What `describe` understands, tried in this order:
     and a `stages:` entry;
   - a checkpoint prefix or directory: variables, shapes, dtypes, fingerprint
     (and the directory's `.meta` file when it has one);
-  - a tfcascade output directory: summary, completeness, accuracy;
+  - a tfcascade output directory: what is published (summary, top
+    dead-letter reasons, completeness, accuracy against an int64 label
+    passthrough, TFRecord or JSONL), then each run under its `_staging/`
+    that did not publish: in progress, failed or dead and why, its counts
+    and top dead-letter reasons (also for `_staging/` or one run's directory);
   - TFRecord file(s), a path or a glob: record counts and the feature schema.
 Anything else is one InspectError line saying what was found and what was
-expected.
+expected. The `stages:` entry's paths are as given, or relative to the
+config directory `relative_to` (`--relative-to`), as a config there needs them.
 
 Modules, one per kind of path (this package only re-exports them):
   describe_path      `describe`: which kind a path is;
   saved_model_info, meta_graph_info, checkpoint_info, tfrecord_info,
   output_dir_info    each kind (tfrecord_info also has `read_records`);
+  staged_runs        the runs under an output's `_staging/`;
+  run_report         a run's summary, counts and top dead-letter reasons;
   stage_entry        the `stages:` entry's text;
   inspect_io         InspectError, EXPECTED, filesystem calls.
 """

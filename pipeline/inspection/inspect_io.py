@@ -5,6 +5,11 @@ filesystem) that turn failures into one readable line.
 
 from __future__ import annotations
 
+import gzip
+import json
+import zlib
+from typing import Iterator
+
 EXPECTED = ("expected a SavedModel directory, a .meta file, a checkpoint prefix or "
             "directory, TFRecord file(s) (a path or glob) or a tfcascade output "
             "directory")
@@ -44,6 +49,38 @@ def read_head(path: str, size: int = 64) -> bytes:
       return f.read(size)
   except (tf.errors.OpError, OSError) as e:
     raise InspectError(f"cannot read {path}: {first_line(e)}") from e
+
+
+def read_json(path: str):
+  """A JSON file's contents; InspectError when unreadable or not JSON."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    with tf.io.gfile.GFile(path, "rb") as f:
+      return json.loads(f.read())
+  except (tf.errors.OpError, OSError) as e:
+    raise InspectError(f"cannot read {path}: {first_line(e)}") from e
+  except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+    raise InspectError(f"{path} is not JSON: {first_line(e)}") from e
+
+
+def read_json_lines(path: str) -> Iterator[dict]:
+  """The objects of a JSON-lines file (`.gz`: gzip), one per non-blank line;
+  InspectError naming the file and line when one cannot be read."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  number = 0
+  try:
+    with tf.io.gfile.GFile(path, "rb") as raw:
+      lines = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
+      for number, line in enumerate(lines, 1):
+        if line.strip():
+          entry = json.loads(line)
+          if not isinstance(entry, dict):
+            raise ValueError(f"a JSON {type(entry).__name__}")
+          yield entry
+  except (tf.errors.OpError, OSError, EOFError, zlib.error) as e:  # gzip's errors too
+    raise InspectError(f"cannot read {path}: {first_line(e)}") from e
+  except ValueError as e:
+    raise InspectError(f"{path} line {number}: not a JSON object: {first_line(e)}") from e
 
 
 def what_it_looks_like(head: bytes) -> str:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import glob
 import os
 import re
-from typing import Tuple
+from typing import Optional, Tuple
 
 from tfcascade.pipeline.inspection.inspect_io import (
     InspectError, exists, first_line, isdir, read_head, what_it_looks_like)
 from tfcascade.pipeline.inspection.stage_entry import (
-    dtype_name, feature_guess, flow, output_name, shape_text, stage_name)
+    dtype_name, feature_guess, flow, output_name, paste_path, paths_hint, shape_text,
+    stage_name)
 
 # Ops that are never a model's output, and name scopes of saving/training.
 _NOT_OUTPUTS = {"NoOp", "Assign", "AssignVariableOp", "AssignAdd", "AssignSub",
@@ -29,9 +30,10 @@ _NAMED_RESULT_OPS = ("Identity", "Softmax", "Sigmoid", "ArgMax")
 _MAX_OUTPUTS = 15
 
 
-def describe_meta_graph(path: str) -> str:
+def describe_meta_graph(path: str, relative_to: Optional[str] = None) -> str:
   """Placeholders (candidate inputs), likely outputs, variables and a
-  `stages:` entry, from a `.meta` file."""
+  `stages:` entry, from a `.meta` file (its paths relative to the directory
+  `relative_to`, else as given)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tfcascade.transforms.engine.sources import read_meta_graph_file  # pylint: disable=g-import-not-at-top
   try:
@@ -74,9 +76,10 @@ def describe_meta_graph(path: str) -> str:
   has_checkpoint = _checkpoint_in(directory)
   lines.append("  stages: entry (paste under `stages:`; keep the outputs you need, "
                "wire each input to features.<name> or <earlier stage>.<output>):")
+  lines.append(f"    {paths_hint(path, relative_to)}")
   lines.append(f"    - name: {stage_name(directory)}")
-  lines.append(f"      meta_graph: {path}")
-  lines.append(f"      checkpoint: {directory}" if has_checkpoint else
+  lines.append(f"      meta_graph: {paste_path(path, relative_to)}")
+  lines.append(f"      checkpoint: {paste_path(directory, relative_to)}" if has_checkpoint else
                "      checkpoint: PATH/TO/CHECKPOINT   # a prefix or a directory")
   lines.append(f"      inputs: {flow({n: feature_guess(n) for n, _, _ in inputs})}")
   lines.append(f"      outputs: {flow({output_name(n): n for n, _, _ in outputs[:_MAX_OUTPUTS]})}")

@@ -1,20 +1,28 @@
-"""`inspect` on a tfcascade output directory: the run summary, completeness
-(`_SUCCESS`) and, given a label passthrough, each stage's and the cascade's
-accuracy."""
+"""`inspect` on a tfcascade output directory: what is published (the run
+summary, completeness (`_SUCCESS`) and, given an int64 label passthrough,
+each stage's and the cascade's accuracy, from TFRecord or JSONL
+predictions), then every run under `_staging/` that did not publish."""
 
 from __future__ import annotations
 
 import collections
 import glob
-import json
 import os
-from typing import Dict, List
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 
+from tfcascade.pipeline.inspection.inspect_io import (
+    InspectError, exists, first_line, read_json_lines)
+from tfcascade.pipeline.inspection.run_report import read_summary, summary_lines
+from tfcascade.pipeline.inspection.staged_runs import describe_runs
 from tfcascade.pipeline.inspection.tfrecord_info import read_all
-from tfcascade.pipeline.summary_text import format_summary
+from tfcascade.transforms.engine.spec import LIST_KIND_DTYPES
 from tfcascade.transforms.publishing import output_layout as layout
+
+DEFAULT_LABEL = "label"  # `--label`'s default: an output without it is no mistake
+# A row: feature name -> (dtype name, its values).
+Row = Dict[str, Tuple[str, Sequence]]
 
 
 def cascade_report(rows: Dict[str, np.ndarray], stages: List[str], label: str) -> dict:
@@ -46,44 +54,154 @@ def cascade_report(rows: Dict[str, np.ndarray], stages: List[str], label: str) -
   return report
 
 
-def describe_output(path: str, label: str) -> str:
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+def describe_output(path: str, label: str = DEFAULT_LABEL) -> str:
+  """What is published at `path`, then each run under its _staging/."""
+  lines = _published_lines(path, label) or [
+      f"nothing published in {path} (no {layout.SUCCESS}, {layout.SUMMARY} or "
+      f"{layout.PREDICTIONS}-* files)"]
+  return "\n".join(lines + describe_runs(path))
+
+
+def _published_lines(path: str, label: str) -> List[str]:
+  """Summary, completeness and accuracy; [] when nothing is published."""
   lines = []
-  summary = None
   summary_path = os.path.join(path, layout.SUMMARY)
-  if tf.io.gfile.exists(summary_path):
-    with tf.io.gfile.GFile(summary_path) as f:
-      summary = json.load(f)
-    lines.append(format_summary(summary))
-  complete = tf.io.gfile.exists(os.path.join(path, layout.SUCCESS))
+  summary = read_summary(summary_path) if exists(summary_path) else None
+  if summary:
+    lines += summary_lines(summary, summary_path,
+                           os.path.join(path, layout.DEAD_LETTER_DIR))
+  complete = exists(os.path.join(path, layout.SUCCESS))
+  files = _prediction_files(path)
+  if not (summary or complete or files):
+    return []
   lines.append(f"complete ({layout.SUCCESS} present)" if complete
                else f"INCOMPLETE: no {layout.SUCCESS}")
-  files = sorted(tf.io.gfile.glob(os.path.join(glob.escape(path),
-                                               layout.PREDICTIONS + "-*.tfrecord*")))
-  if not files:
-    return "\n".join(lines)
-  columns = collections.defaultdict(list)
-  for file in files:
-    for record in read_all(file):
-      feature = tf.train.Example.FromString(record).features.feature
-      for name in feature:
-        if name == label or name.endswith("/prediction") or name.endswith("/ran"):
-          columns[name].append(feature[name].int64_list.value[0])
+  if files:
+    stages = list(summary["stages"]) if summary else None
+    lines += _accuracy_lines(path, files, label, stages)
+  return lines
+
+
+def _prediction_files(path: str) -> List[str]:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  pattern = os.path.join(glob.escape(path), layout.PREDICTIONS + "-*")
+  try:
+    found = tf.io.gfile.glob(pattern)
+  except (tf.errors.OpError, OSError) as e:
+    raise InspectError(f"cannot list {path}: {first_line(e)}") from e
+  return sorted(f for f in found if ".tfrecord" in f or ".jsonl" in f)
+
+
+def _accuracy_lines(path: str, files: List[str], label: str, stages) -> List[str]:
+  """Each stage's and the cascade's accuracy against the label column."""
+  columns, rows, passthrough = _label_columns(path, files, label)
+  if not rows:
+    return ["0 prediction rows: no accuracy to compute"]
   if label not in columns:
-    lines.append(f"(no '{label}' passthrough feature: accuracy not computed)")
-    return "\n".join(lines)
-  stages = (list(summary["stages"]) if summary else
-            sorted({n.split("/")[0] for n in columns if "/" in n}))
-  report = cascade_report({k: np.asarray(v) for k, v in columns.items()}, stages, label)
-  lines.append("accuracy against '%s' on %s rows:" % (label, f"{report['rows']:,}"))
-  for stage in stages:
-    if f"{stage}_share_run" in report:
-      acc = report[f"{stage}_accuracy_on_rows_run"]
-      lines.append(f"  stage {stage}: ran on {report[f'{stage}_share_run']:.1%} of rows, "
-                   f"accuracy there {acc:.4f}" if acc is not None else
-                   f"  stage {stage}: ran on no rows")
-  if "cascade_accuracy" in report:
-    first = stages[0]
-    lines.append(f"  {first} alone: {report[f'{first}_accuracy_on_rows_run']:.4f}; "
+    if label != DEFAULT_LABEL:
+      raise InspectError(f"--label {label}: the output {path} has no feature "
+                         f"'{label}'; {_int64_features(passthrough)}")
+    return [f"(no '{label}' feature in the output: accuracy not computed; "
+            f"--label FEATURE names another; {_int64_features(passthrough)})"]
+  lines = [f"accuracy against '{label}' on {len(columns[label]):,} rows"
+           + (f" ({rows - len(columns[label]):,} rows without a '{label}' value "
+              f"not counted)" if rows > len(columns[label]) else "") + ":"]
+  usable = {name: values for name, values in columns.items()
+            if len(values) == len(columns[label]) and None not in values}
+  for name in sorted(set(columns) - set(usable)):
+    lines.append(f"  ({name} is not one value in every row: left out)")
+  stages = stages or sorted({name.split("/")[0] for name in usable if "/" in name})
+  report = cascade_report({k: np.asarray(v) for k, v in usable.items()}, stages, label)
+  scored = [stage for stage in stages if f"{stage}_share_run" in report]
+  for stage in scored:
+    accuracy = report[f"{stage}_accuracy_on_rows_run"]
+    share = report[f"{stage}_share_run"]
+    lines.append(f"  stage {stage}: ran on {share:.1%} of rows, accuracy there {accuracy:.4f}"
+                 if accuracy is not None else f"  stage {stage}: ran on no rows")
+  if scored and report[f"{scored[0]}_accuracy_on_rows_run"] is not None:
+    lines.append(f"  {scored[0]} alone: {report[f'{scored[0]}_accuracy_on_rows_run']:.4f}; "
                  f"cascade: {report['cascade_accuracy']:.4f}")
-  return "\n".join(lines)
+  elif not scored:
+    lines.append("  (no stage has a 'prediction' output: nothing to compare)")
+  return lines
+
+
+def _label_columns(path: str, files: List[str], label: str):
+  """(columns, rows, passthrough): the label, `<stage>/prediction` and
+  `<stage>/ran` values of the rows that have the label (None where a row has
+  not exactly one value); how many rows there are; passthrough feature ->
+  dtype. InspectError when the label is not one int64 per row."""
+  columns = collections.defaultdict(list)
+  passthrough: Dict[str, str] = {}
+  rows = 0
+  for row in _rows(files):
+    rows += 1
+    for name, (dtype, _) in row.items():
+      if "/" not in name:
+        passthrough.setdefault(name, dtype)
+    if label not in row:
+      continue
+    _check_label(path, label, row[label], passthrough)
+    for name, (_, values) in row.items():
+      if name == label or name.endswith(("/prediction", "/ran")):
+        columns[name].append(values[0] if len(values) == 1 else None)
+  return columns, rows, passthrough
+
+
+def _check_label(path: str, label: str, value, passthrough: Dict[str, str]) -> None:
+  dtype, values = value
+  if dtype != "int64":
+    raise InspectError(f"--label {label}: feature '{label}' of the output {path} is "
+                       f"{dtype}, not int64 (a class index); {_int64_features(passthrough)}")
+  if len(values) != 1:
+    raise InspectError(f"--label {label}: feature '{label}' of the output {path} holds "
+                       f"{len(values)} values in a row; expected one int64 class index")
+
+
+def _int64_features(passthrough: Dict[str, str]) -> str:
+  ints = sorted(name for name, dtype in passthrough.items() if dtype == "int64")
+  return (f"int64 passthrough features: {', '.join(ints)}" if ints else
+          "the output has no int64 passthrough feature (output.passthrough "
+          "copies the label from the inputs)")
+
+
+def _rows(files: List[str]) -> Iterator[Row]:
+  for file in files:
+    yield from (_jsonl_rows(file) if ".jsonl" in os.path.basename(file)
+                else _tfrecord_rows(file))
+
+
+def _tfrecord_rows(file: str) -> Iterator[Row]:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  for index, record in enumerate(read_all(file)):
+    try:
+      features = tf.train.Example.FromString(record).features.feature
+    except Exception as e:  # protobuf's DecodeError
+      raise InspectError(f"{file}: record {index} is not a tf.train.Example: "
+                         f"{first_line(e)}") from e
+    row = {}
+    for name, feature in features.items():
+      kind = feature.WhichOneof("kind")
+      row[name] = ((LIST_KIND_DTYPES[kind], getattr(feature, kind).value) if kind
+                   else ("empty", ()))
+    yield row
+
+
+def _jsonl_rows(file: str) -> Iterator[Row]:
+  """A JSONL output row: each feature a list (transforms/writing/encoders.py)."""
+  for entry in read_json_lines(file):
+    yield {name: _json_value(values) for name, values in entry.items()}
+
+
+def _json_value(values) -> Tuple[str, Sequence]:
+  values = values if isinstance(values, list) else [values]
+  first = values[0] if values else None
+  if first is None:
+    return "empty", values
+  if isinstance(first, bool):
+    return "bool", values
+  if isinstance(first, int):
+    return "int64", values
+  if isinstance(first, float):
+    return "float32", values
+  return "string", values  # text, or {"b64": ...} for other bytes

@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from tfcascade.pipeline.inspection.inspect_io import InspectError, exists, first_line
 from tfcascade.pipeline.inspection.stage_entry import (
-    dtype_name, feature_guess, flow, output_name, shape_text, stage_name)
+    dtype_name, feature_guess, flow, output_name, paste_path, paths_hint, shape_text,
+    stage_name)
 
 
-def describe_saved_model(export_dir: str) -> str:
+def describe_saved_model(export_dir: str, relative_to: Optional[str] = None) -> str:
   """Tags, signatures (keys, dtypes, shapes, tensor names), variables and a
-  ready-to-paste `stages:` entry per tag set."""
+  ready-to-paste `stages:` entry per tag set (its path relative to the
+  directory `relative_to`, else as given)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tensorflow.python.saved_model import loader_impl  # pylint: disable=g-import-not-at-top
   from tfcascade.transforms.engine import sources  # pylint: disable=g-import-not-at-top
@@ -51,7 +53,7 @@ def describe_saved_model(export_dir: str) -> str:
                        f"{shape_text(info.tensor_shape):16s} {info.name}")
     lines.append(_variables_line(prefix, checkpoint))
     if signatures:
-      lines += _saved_model_stage(export_dir, tags, signatures)
+      lines += _saved_model_stage(export_dir, tags, signatures, relative_to)
     else:
       lines.append("  (no signatures: give tensor names as inputs/outputs)")
   return "\n".join(lines)
@@ -118,13 +120,14 @@ def _signature_reads(meta, checkpoint, sources) -> Dict[str, str]:
   return result
 
 
-def _saved_model_stage(export_dir, tags, signatures) -> List[str]:
+def _saved_model_stage(export_dir, tags, signatures, relative_to) -> List[str]:
   key = "serving_default" if "serving_default" in signatures else sorted(signatures)[0]
   sig = signatures[key]
   lines = ["  stages: entry (paste under `stages:`; wire each input to "
            "features.<name> or <earlier stage>.<output>):",
+           f"    {paths_hint(export_dir, relative_to)}",
            f"    - name: {stage_name(export_dir)}",
-           f"      saved_model: {export_dir}"]
+           f"      saved_model: {paste_path(export_dir, relative_to)}"]
   if tags != ["serve"]:
     lines.append(f"      tags: {json.dumps(tags)}")
   if key != "serving_default":

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Dict
+from typing import Dict, Optional
 
 
 def dtype_name(enum: int) -> str:
@@ -50,3 +50,27 @@ def feature_guess(key: str) -> str:
 def output_name(key: str) -> str:
   name = re.sub(r"\W", "_", key.split(":")[0].split("/")[-1])
   return name if re.match(r"^[A-Za-z_]", name) else f"out_{name}"
+
+
+def paste_path(path: str, relative_to: Optional[str]) -> str:
+  """`path` as a config kept in the directory `relative_to` names it (a
+  config's paths are relative to its own directory); as given when
+  `relative_to` is None, and for URLs, which are never relative."""
+  if not _rebased(path, relative_to):
+    return path
+  return os.path.relpath(os.path.abspath(path), os.path.abspath(relative_to))
+
+
+def paths_hint(path: str, relative_to: Optional[str]) -> str:
+  """A YAML comment for the entry: what its paths are relative to."""
+  if _rebased(path, relative_to):
+    return (f"# paths relative to {relative_to}: paste into a config kept there "
+            f"(a config's paths are relative to the config file)")
+  if "://" in path or os.path.isabs(path):
+    return "# absolute paths: paste-ready in a config kept anywhere"
+  return ("# paths relative to the current directory; --relative-to configs/ "
+          "for a config in configs/")
+
+
+def _rebased(path: str, relative_to: Optional[str]) -> bool:
+  return relative_to is not None and "://" not in path and "://" not in relative_to

@@ -9,10 +9,14 @@ What it does, in order:
    config's stages with `run_if` removed), with the label parsed in-graph;
 3. measures what each gated stage costs (see `measure_costs`);
 4. for each gated stage, sweeps its threshold over the observed values of the
-   gate's reference output (`a.confidence`) and, per threshold, emulates the
-   real cascade in numpy: which rows the stage runs on, the cascade's answer
-   (the prediction of the last stage that ran on the row), its accuracy
-   against the label, and the rows/s the measured costs predict;
+   gate's operand (`a.confidence`, or the measure it takes of a [N, C]
+   output: `max(a.probs)`, from engine.gate's MEASURES, the table the graph
+   uses too) and, per threshold, emulates the real cascade in numpy: which
+   rows the stage runs on, the cascade's answer (the prediction of the last
+   stage that ran on the row), its accuracy against the label, and the
+   rows/s the measured costs predict; a gate taking max, margin or entropy
+   is also swept in the other two, each one's best threshold reported side
+   by side;
 5. writes DIR/tune.json (one row per threshold) and DIR/tune.png (accuracy vs
    share of rows the stage runs on), prints a short table and the
    recommended threshold with the `--set` line that applies it.

@@ -81,7 +81,7 @@ def gated_variant(spec: CascadeSpec, gates: Mapping[str, Optional[Gate]]) -> Cas
 
 
 def str_gate(gate: Gate) -> str:
-  return f"{gate.reference} {gate.op} {format_number(gate.threshold)}"
+  return f"{gate.operand} {gate.op} {format_number(gate.threshold)}"
 
 
 def _batches(records: Sequence[bytes], size: int):
@@ -91,11 +91,18 @@ def _batches(records: Sequence[bytes], size: int):
 
 def run_ungated(spec: CascadeSpec, records: Sequence[bytes], batch_size: int
                 ) -> Dict[str, np.ndarray]:
-  """Every stage on every record, in ONE session: output name -> values."""
+  """Every stage on every record, in ONE session: output name -> values.
+
+  Raises:
+    CascadeError: a gate of `spec` cannot read its output (checked on the
+      ungated graph before any record runs, as building `spec` would).
+  """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from tfcascade.transforms.engine import CascadeSession  # pylint: disable=g-import-not-at-top
+  from tfcascade.transforms.engine.cascade import check_gates  # pylint: disable=g-import-not-at-top
   parts: Dict[str, list] = {}
   with CascadeSession(gated_variant(spec, {})) as session:
+    check_gates(spec, session.cascade)
     for batch in _batches(records, batch_size):
       try:
         out = session.run(batch)

@@ -65,11 +65,30 @@ def format_report(result: dict, out_dir: Optional[str] = None) -> str:
                    f"{best['rows_per_s'] / every['rows_per_s']:.2f}x {name} on every row, "
                    f"{best['rows_per_s'] / cur['rows_per_s']:.2f}x the current gate")
     lines.append(f"  apply: {g['set']}")
+    lines.extend(_measure_lines(g, name))
   if out_dir:
     lines.append("")
     lines.append(f"wrote {os.path.join(out_dir, 'tune.json')} and "
                  f"{os.path.join(out_dir, 'tune.png')}")
   return "\n".join(lines)
+
+
+def _measure_lines(gate: dict, name: str) -> List[str]:
+  """The measures compared on a gate of a [N, C] output, one line each."""
+  if not gate.get("measures"):
+    return []
+  lines = ["  each measure's cheapest threshold reaching the target (else its most "
+           "accurate):"]
+  for m in gate["measures"]:
+    if "skipped" in m:
+      lines.append(f"    {m['measure']}(): not compared, {m['skipped']}")
+      continue
+    rate = f", {m['rows_per_s']:,.0f} rows/s" if m["rows_per_s"] else ""
+    notes = [note for note, on in (("configured", m["configured"]),
+                                   ("misses the target", not m["target_reached"])) if on]
+    lines.append(f"    {m['run_if']:28s} {name} runs on {_pct(m['share']):>7s}, accuracy "
+                 f"{_pct(m['accuracy'])}{rate}" + (f"  ({', '.join(notes)})" if notes else ""))
+  return lines
 
 
 def plot(result: dict, path: str) -> None:
@@ -86,13 +105,20 @@ def plot(result: dict, path: str) -> None:
     name = g["stage"]
     share = np.array([100 * r["share"] for r in g["rows"]])
     acc = np.array([100 * r["accuracy"] for r in g["rows"]])
-    low = min(acc.min(), *alone.values())
-    high = max(acc.max(), *alone.values())
+    others = [m for m in g.get("measures", ()) if not m["configured"] and "rows" in m]
+    compared = [100 * r["accuracy"] for m in others for r in m["rows"]]
+    low = min(acc.min(), *alone.values(), *compared)
+    high = max(acc.max(), *alone.values(), *compared)
     pad = max(0.3, 0.07 * (high - low))
     ax.set_ylim(low - pad, high + pad)
     ax.set_xlim(-2, 102)
     ax.plot(share, acc, "-", color="tab:blue", lw=2.2, zorder=3,
-            label="cascade (one point per threshold)")
+            label="cascade (one point per threshold)"
+            + (f": {g['reference']} {g['op']} t" if others else ""))
+    for m, color in zip(others, ("tab:purple", "tab:brown")):
+      ax.plot([100 * r["share"] for r in m["rows"]], [100 * r["accuracy"] for r in m["rows"]],
+              "-", color=color, lw=1.2, zorder=2,
+              label=f"{m['run_if'].rsplit(' ', 1)[0]} t, for comparison")
     for stage, a in alone.items():
       ax.axhline(a, color="0.45", ls="--", lw=1.1, zorder=1)
       ax.text(101, a, f"{stage} alone {a:.2f}%", ha="right", fontsize=9, color="0.3",

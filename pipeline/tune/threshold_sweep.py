@@ -16,7 +16,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from tfcascade.transforms.engine.gate import OPERATORS, Gate
+from tfcascade.transforms.engine.gate import MEASURES, OPERATORS, Gate
 from tfcascade.transforms.engine.spec import StageSpec
 
 DEFAULT_POINTS = 200
@@ -49,14 +49,17 @@ class Cascade:
     return int(len(self.labels))
 
   def gate_values(self, gate: Gate, ran: Mapping[str, np.ndarray]) -> np.ndarray:
-    """The gate's reference output as the real cascade sees it: a gated
-    stage's outputs are its fill_value on rows it did not run on."""
+    """The gate's operand per row as the real cascade sees it: a gated
+    stage's outputs are its fill_value on rows it did not run on, and a
+    measure is taken of those rows (the table in engine.gate)."""
     stage = next(s for s in self.stages if s.name == gate.stage)
-    values = np.asarray(self.outputs[f"{gate.stage}/{gate.output}"])
-    values = values.reshape(len(values), -1)[:, 0].astype(np.float64)
+    raw = np.asarray(self.outputs[f"{gate.stage}/{gate.output}"])
+    rows = raw.reshape(len(raw), -1).astype(np.float64)
     if gate.stage in ran:
-      values = np.where(ran[gate.stage], values, np.float64(stage.fill_value))
-    return values
+      rows = np.where(ran[gate.stage][:, None], rows, _fill(raw.dtype, stage.fill_value))
+    if gate.measure:
+      return MEASURES[gate.measure].numpy(rows).astype(np.float64)
+    return rows[:, 0]
 
   def run(self, gates: Mapping[str, Optional[Gate]]
           ) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
@@ -83,6 +86,13 @@ class Cascade:
 
   def accuracy(self, answer: np.ndarray) -> float:
     return float(np.mean(answer == self.labels)) if self.rows else 0.0
+
+
+def _fill(dtype: np.dtype, fill_value: float) -> np.float64:
+  """fill_value as the graph writes it into an output of `dtype` (rounded to
+  a float32, truncated to an integer), read back in float64."""
+  value = int(fill_value) if dtype.kind in "iub" else fill_value
+  return np.asarray(value).astype(dtype).astype(np.float64)
 
 
 # --- thresholds ---------------------------------------------------------------
@@ -192,17 +202,22 @@ class Costs:
 
 
 def sweep_gate(cascade: Cascade, stage: StageSpec, gates: Mapping[str, Optional[Gate]],
-               costs: Optional[Costs], points: int = DEFAULT_POINTS) -> List[dict]:
+               costs: Optional[Costs], points: int = DEFAULT_POINTS,
+               swept: Optional[Gate] = None) -> List[dict]:
   """One row per threshold of `stage`'s gate, the other gates as in `gates`.
+
+  Args:
+    swept: sweep this gate instead of the configured one (another measure
+      of the same output, tune's comparison); no row is then current.
 
   Rows: threshold, run_if, share (of rows the stage runs on), accuracy (of
   the cascade against the label), rows_per_s (from `costs`), shares (every
   gated stage's share), current (the configured threshold).
   """
-  current = gates[stage.name]
+  current = swept or gates[stage.name]
   values = cascade.gate_values(current, cascade.run({**gates, stage.name: None})[1])
   thresholds = candidate_thresholds(values, current.op, points)
-  if current.threshold not in thresholds:
+  if swept is None and current.threshold not in thresholds:
     thresholds.append(current.threshold)
   rows = []
   for t in thresholds:
@@ -211,12 +226,12 @@ def sweep_gate(cascade: Cascade, stage: StageSpec, gates: Mapping[str, Optional[
     shares = {name: float(mask.mean()) if len(mask) else 0.0 for name, mask in ran.items()}
     rows.append({
         "threshold": t,
-        "run_if": f"{gate.reference} {gate.op} {format_number(t)}",
+        "run_if": f"{gate.operand} {gate.op} {format_number(t)}",
         "share": shares[stage.name],
         "accuracy": cascade.accuracy(answer),
         "rows_per_s": costs.rows_per_second(shares) if costs else None,
         "shares": shares,
-        "current": t == current.threshold,
+        "current": swept is None and t == current.threshold,
     })
   rows.sort(key=lambda r: (r["share"], -r["accuracy"], r["threshold"]))
   for r in rows:  # the configured text, not its float

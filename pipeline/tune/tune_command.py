@@ -9,6 +9,7 @@ import sys
 
 from tfcascade.pipeline import exit_codes
 from tfcascade.pipeline.config import ConfigError, load_config
+from tfcascade.pipeline.writable_dir import dir_problem
 from tfcascade.pipeline.tune.sweep_report import format_report, write
 from tfcascade.pipeline.tune.tune_error import TuneError
 from tfcascade.pipeline.tune.tune_result import tune
@@ -26,6 +27,9 @@ def command(args) -> int:
       raise TuneError("--sample must be at least 1")
     if args.target_accuracy is not None and not 0 < args.target_accuracy <= 1:
       raise TuneError("--target-accuracy is an accuracy between 0 and 1 (e.g. 0.97)")
+    problem = dir_problem(args.out, "--out")
+    if problem:
+      raise TuneError(problem)
     if importlib.util.find_spec("matplotlib") is None:
       raise TuneError("tune draws tune.png with matplotlib: pip install -c "
                       "constraints.txt -e '.[plot]'")
@@ -41,6 +45,11 @@ def command(args) -> int:
     return exit_codes.REFUSED
   result["config"] = os.path.abspath(args.config)
   result["overrides"] = overrides
-  write(result, args.out)
+  try:
+    write(result, args.out)
+  except OSError as e:  # checked before the work; a disk can still fill up
+    print(f"tfcascade: error: cannot write the results under {args.out}: "
+          f"{e.strerror or e}: {e.filename or args.out}", file=sys.stderr)
+    return exit_codes.FAILED
   print(format_report(result, args.out))
   return exit_codes.OK

@@ -11,6 +11,8 @@ import dataclasses
 import shlex
 from typing import List, Mapping, Optional, Sequence
 
+import numpy as np
+
 from tfcascade.pipeline.tune.sample_runs import (
     DEFAULT_SAMPLE, measure_costs, read_sample, run_ungated, tune_spec)
 from tfcascade.pipeline.tune.stage_predictions import (
@@ -19,7 +21,7 @@ from tfcascade.pipeline.tune.threshold_sweep import (
     ABOVE, BELOW, DEFAULT_POINTS, DEFAULT_TOLERANCE, Cascade, candidate_thresholds,
     recommend, sweep_gate)
 from tfcascade.pipeline.tune.tune_error import TuneError
-from tfcascade.transforms.engine.gate import Gate, parse_gate
+from tfcascade.transforms.engine.gate import CONFIDENCE_MEASURES, MEASURES, Gate, stage_gate
 from tfcascade.transforms.engine.spec import StageSpec
 
 
@@ -45,7 +47,7 @@ def tune(config, label: str, sample: int = DEFAULT_SAMPLE,
   """
   spec = tune_spec(config.cascade_spec(), label)
   stages = spec.stages
-  gates = {s.name: parse_gate(s.run_if) for s in stages if s.run_if}
+  gates = {s.name: stage_gate(s) for s in stages if s.run_if}
   if not gates:
     raise TuneError("no stage has a run_if gate: nothing to tune")
   unsweepable = [n for n, g in gates.items() if g.op not in BELOW + ABOVE]
@@ -77,10 +79,15 @@ def tune(config, label: str, sample: int = DEFAULT_SAMPLE,
   target = (ungated_accuracy - DEFAULT_TOLERANCE if target_accuracy is None
             else target_accuracy)
 
-  nothing, everything = {}, {}
+  nothing, everything, warnings = {}, {}, _warnings(stages, gates)
   for name, gate in gates.items():
     values = cascade.gate_values(gate, {})
     ends = candidate_thresholds(values, gate.op, points=1)
+    problem = _not_finite(gate, values)
+    if not ends:
+      raise TuneError(f"stage '{name}': {problem}: nothing to sweep")
+    if problem:
+      warnings.append(f"stage '{name}': {problem}; those rows never pass the gate")
     nothing[name] = dataclasses.replace(gate, threshold=ends[0])
     everything[name] = dataclasses.replace(gate, threshold=ends[-1])
   costs = (measure_costs(spec, records, config.batch_size, gates, nothing, everything)
@@ -100,22 +107,71 @@ def tune(config, label: str, sample: int = DEFAULT_SAMPLE,
           "base_us_per_row": 1e6 * costs.base_seconds / costs.rows,
           "stage_us_per_row": {n: 1e6 * s / costs.rows
                                for n, s in costs.stage_seconds.items()}},
-      "warnings": _warnings(stages, gates),
+      "warnings": warnings,
       "gates": [],
   }
-  for name in gates:
+  for name, gate in gates.items():
     stage = next(s for s in stages if s.name == name)
     rows = sweep_gate(cascade, stage, gates, costs, points)
     best, reached = recommend(rows, target)
     current = next(r for r in rows if r["current"])
     for r in rows:
       r["recommended"] = r is best
-    result["gates"].append({
-        "stage": name, "reference": gates[name].reference, "op": gates[name].op,
+    entry = {
+        "stage": name, "reference": gate.operand, "op": gate.op,
         "current": current, "recommended": best, "target_reached": reached,
-        "set": "--set " + shlex.quote(f"stages.{name}.run_if={best['run_if']}"),
-        "rows": rows})
+        "set": _set_line(name, best), "rows": rows}
+    if gate.measure in CONFIDENCE_MEASURES:
+      entry["measures"] = _compare_measures(cascade, stage, gates, costs, points,
+                                            target, entry)
+    result["gates"].append(entry)
   return result
+
+
+def _set_line(stage: str, row: dict) -> str:
+  return "--set " + shlex.quote(f"stages.{stage}.run_if={row['run_if']}")
+
+
+def _compare_measures(cascade: Cascade, stage: StageSpec, gates: Mapping[str, Gate],
+                      costs, points: int, target: float, configured: dict) -> List[dict]:
+  """For a gate taking a confidence measure of a [N, C] output: each
+  confidence measure's cheapest threshold reaching `target` (the configured
+  measure as swept above; the others compared with their own operator:
+  max and margin below, entropy above). A measure that is not finite on
+  every row (entropy of logits) is left out, saying why."""
+  gate = gates[stage.name]
+  compared = []
+  for measure in CONFIDENCE_MEASURES:
+    if measure == gate.measure:
+      best, reached, rows = (configured["recommended"], configured["target_reached"],
+                             configured["rows"])
+    else:
+      swept = dataclasses.replace(gate, measure=measure, op=MEASURES[measure].uncertain)
+      problem = _not_finite(swept, cascade.gate_values(swept, {}))
+      if problem:
+        compared.append({"measure": measure, "configured": False, "skipped": problem})
+        continue
+      rows = sweep_gate(cascade, stage, gates, costs, points, swept=swept)
+      best, reached = recommend(rows, target)
+      for r in rows:
+        r["recommended"] = r is best
+    compared.append({
+        "measure": measure, "configured": measure == gate.measure,
+        "run_if": best["run_if"], "share": best["share"], "accuracy": best["accuracy"],
+        "rows_per_s": best["rows_per_s"], "target_reached": reached,
+        "set": _set_line(stage.name, best), "rows": rows})
+  return compared
+
+
+def _not_finite(gate: Gate, values: np.ndarray) -> str:
+  """'' when the gate's operand is finite on every sampled row, else how
+  many rows it is not."""
+  bad = int(np.count_nonzero(~np.isfinite(values)))
+  if not bad:
+    return ""
+  hint = (" (entropy expects probabilities: no negative value in a row)"
+          if gate.measure == "entropy" else "")
+  return f"{gate.operand} is not finite on {bad:,} of {len(values):,} sampled rows{hint}"
 
 
 def _warnings(stages: Sequence[StageSpec], gates: Mapping[str, Gate]) -> List[str]:

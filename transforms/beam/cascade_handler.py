@@ -28,8 +28,9 @@ every thread and DoFn instance of a worker process uses it. With
 What the CLI job adds and this handler does not (the pipeline that uses it
 owns them): bad records isolated one by one (here a batch holding a record
 that does not parse fails as a whole; with `RunInference(...)
-.with_exception_handling()` it goes to `failed_inferences` with TF's
-message), dead-letter files, the record accounting, `_SUCCESS` and the
+.with_exception_handling()` it goes to `failed_inferences`, its error's repr
+carrying the first line of TF's message and the failing stage, if known),
+dead-letter files, the record accounting, `_SUCCESS` and the
 publish step. RunInference reports its own metrics (`num_inferences`,
 `inference_batch_latency_micro_secs`, `load_model_latency_milli_secs`,
 `failed_batches_counter`, ...) in namespace `tfcascade`, plus
@@ -41,12 +42,16 @@ from __future__ import annotations
 from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+import tensorflow as tf
 
 from tfcascade.transforms.engine.spec import CascadeSpec
 from tfcascade.transforms.formats.tfrecord_framing import DEFAULT_BATCH_BYTES
 from tfcascade.transforms.metrics import NAMESPACE, StageMetrics
 
 DEFAULT_MAX_BATCH_SIZE = 1024
+# A failure reason's length at most: TF quotes a record that does not parse
+# whole, and records can be megabytes.
+REASON_CHARS = 500
 DEFAULT_MAX_BATCH_BYTES = DEFAULT_BATCH_BYTES  # the CLI job's batch_bytes
 
 
@@ -167,7 +172,13 @@ class CascadeModelHandler(ModelHandler[bytes, PredictionResult, Any]):
                     ) -> Iterable[PredictionResult]:
     """One session call for the batch; a PredictionResult per record."""
     records = list(batch)
-    result = model.run(records)
+    try:
+      result = model.run(records)
+    except tf.errors.OpError as e:
+      # Beam's with_exception_handling() records repr(error), and an
+      # OpError's is "InvalidArgumentError()": give it the reason.
+      e.args = (_reason(model, e),)
+      raise
     if self._stage_metrics is None:
       self._stage_metrics = StageMetrics(result.rows_run)
     self._stage_metrics.update({s: len(records) for s in result.rows_run},
@@ -203,3 +214,14 @@ class CascadeModelHandler(ModelHandler[bytes, PredictionResult, Any]):
 
   def model_copies(self) -> int:
     return self._copies or 1
+
+
+def _reason(model, error: tf.errors.OpError) -> str:
+  """The first line of TF's message (its node and graph lines are noise to a
+  reader), after the failing stage when the error names its node."""
+  lines = error.message.strip().splitlines()
+  first = lines[0] if lines else type(error).__name__
+  if len(first) > REASON_CHARS:
+    first = first[:REASON_CHARS] + "..."
+  stage = model.stage_of(error)
+  return f"stage '{stage}': {first}" if stage else first

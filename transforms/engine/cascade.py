@@ -2,8 +2,9 @@
 
 `build_cascade_graph` parses features in-graph, places each stage under its
 own scope, wires inputs from features or earlier stages, and gates stages
-in-graph (gather -> model -> scatter). `CascadeSession` restores every model
-with its own Saver, finalizes the graph and runs batches through a C++
+in-graph (gather -> model -> scatter); the engine's own ops live under
+spec.ENGINE_SCOPE, out of the stages' way. `CascadeSession` restores every
+model with its own Saver, finalizes the graph and runs batches through a C++
 callable (docs/design.md, fact 4). Nothing here imports Beam.
 """
 
@@ -21,11 +22,12 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
 
-from tfcascade.transforms.engine.gate import OPERATORS, Gate, parse_gate
+from tfcascade.transforms.engine.gate import (MEASURES, OPERATORS, Gate, operand_problem,
+                                              stage_gate)
 from tfcascade.transforms.engine.pinning import verify_pins
 from tfcascade.transforms.engine.sources import PlacedModel, place_model
-from tfcascade.transforms.engine.spec import (FEATURE_DTYPES, CascadeError, CascadeSpec,
-                                    FeatureSpec, StageSpec)
+from tfcascade.transforms.engine.spec import (ENGINE_SCOPE, FEATURE_DTYPES, CascadeError,
+                                              CascadeSpec, FeatureSpec, StageSpec)
 
 SERIALIZED_INPUT = "serialized_examples"
 
@@ -138,26 +140,38 @@ def build_cascade_graph(spec: CascadeSpec) -> CascadeGraph:
   graph = tf.Graph()
   rows_run, models, plan = {}, {}, []
   with graph.as_default():
-    serialized = tf.compat.v1.placeholder(tf.string, [None], name=SERIALIZED_INPUT)
-    parsed = _parse_features(serialized, spec.features)
-    batch = tf.shape(serialized, out_type=tf.int64)[0]
+    with _engine_scope("input"):
+      serialized = tf.compat.v1.placeholder(tf.string, [None], name=SERIALIZED_INPUT)
+      parsed = _parse_features(serialized, spec.features)
+      batch = tf.shape(serialized, out_type=tf.int64)[0]
     available = {f"features.{name}": t for name, t in parsed.items()}
     passthrough = _passthrough_tensors(parsed, spec.passthrough)
     fetches = {}
     for stage in spec.stages:
       model, gating = _place_stage(stage, available, stage_order)
-      for out, tensor in _full_batch_outputs(stage, model, gating, batch).items():
-        available[f"{stage.name}.{out}"] = tensor
-        fetches[f"{stage.name}/{out}"] = tensor
-      if gating is not None:
-        fetches[f"{stage.name}/ran"] = tf.cast(gating.mask, tf.int64)
-        rows_run[stage.name] = tf.size(gating.rows, out_type=tf.int64)
-      else:
-        rows_run[stage.name] = batch
+      with _engine_scope("stage", stage.name, "outputs"):
+        for out, tensor in _full_batch_outputs(stage, model, gating, batch).items():
+          available[f"{stage.name}.{out}"] = tensor
+          fetches[f"{stage.name}/{out}"] = tensor
+        if gating is not None:
+          fetches[f"{stage.name}/ran"] = tf.cast(gating.mask, tf.int64)
+          rows_run[stage.name] = tf.size(gating.rows, out_type=tf.int64)
+        else:
+          rows_run[stage.name] = batch
       models[stage.name] = model
       plan.append(_stage_plan(stage, model, gating))
   return CascadeGraph(graph, serialized, dict(parsed), fetches, passthrough, rows_run,
                       models, plan)
+
+
+def _engine_scope(*parts: str):
+  """The name scope of the engine's own ops: ENGINE_SCOPE/<parts>, the same
+  scope each time it is entered (the trailing "/"), never a stage's."""
+  return tf.name_scope("/".join((ENGINE_SCOPE,) + parts) + "/")
+
+
+# A stage name as it appears in the engine's scopes ("<ENGINE_SCOPE>/stage/<name>/").
+_STAGE_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
 
 
 def _check_stages(stages: Sequence[StageSpec]) -> Dict[str, int]:
@@ -168,10 +182,39 @@ def _check_stages(stages: Sequence[StageSpec]) -> Dict[str, int]:
   duplicates = sorted({n for n in names if names.count(n) > 1})
   if duplicates:
     raise CascadeError(f"stage names must be unique: {duplicates} repeat")
+  for name in names:
+    if not _STAGE_NAME.fullmatch(name):
+      raise CascadeError(f"stage {name!r}: a stage name is letters, digits, '_', "
+                         f"'.' and '-'")
   scopes = [s.scope for s in stages]
   if len(set(scopes)) != len(scopes):
     raise CascadeError(f"stage scopes must be unique: {scopes}")
+  for s in stages:
+    # TensorFlow compares names case-insensitively.
+    if s.scope.split("/")[0].lower() == ENGINE_SCOPE.lower():
+      raise CascadeError(f"stage '{s.name}': scope '{s.scope}' is reserved: the "
+                         f"engine builds its own ops (the parse, the gates) under "
+                         f"'{ENGINE_SCOPE}/'; give the stage another scope")
   return {s.name: i for i, s in enumerate(stages)}
+
+
+def _check_scope_free(stage: StageSpec) -> None:
+  """Refuses a scope the graph already holds (another stage's scope in other
+  letter case, a name an earlier model or its saver created): TensorFlow
+  would place the model under '<scope>_1' and its outputs would not be found."""
+  graph = tf.compat.v1.get_default_graph()
+  placed = graph.unique_name(stage.scope, mark_as_used=False)
+  if placed == stage.scope:
+    return
+  key = stage.scope.lower()
+  holder = next((op.name for op in graph.get_operations()
+                 if op.name.lower() == key or op.name.lower().startswith(key + "/")), None)
+  by = f" (by node '{holder}')" if holder else ""
+  if holder and not holder.startswith(stage.scope):
+    by += ": TensorFlow's names ignore letter case"
+  raise CascadeError(f"stage '{stage.name}': scope '{stage.scope}' is already taken "
+                     f"in the graph{by}, so the model would land under '{placed}'; "
+                     f"give the stage another scope")
 
 
 def _parse_features(serialized, features: Sequence[FeatureSpec]):
@@ -202,10 +245,11 @@ def _place_stage(stage: StageSpec, available: Mapping[str, tf.Tensor],
   """Wires a stage's inputs, gates them and places its model on them."""
   inputs = {key: _resolve(ref, available, stage_order, stage, f"input '{key}' <-")
             for key, ref in stage.inputs.items()}
-  gating = _gating(stage, available, stage_order)
-  if gating is not None:
-    with tf.name_scope(f"{stage.scope}_gate"):
+  with _engine_scope("stage", stage.name, "gate"):
+    gating = _gating(stage, available, stage_order)
+    if gating is not None:
       inputs = {k: tf.gather(t, gating.rows) for k, t in inputs.items()}
+  _check_scope_free(stage)
   return place_model(stage, inputs), gating
 
 
@@ -236,29 +280,59 @@ def _resolve(reference: str, available: Mapping[str, tf.Tensor],
 def _gating(stage: StageSpec, available: Mapping[str, tf.Tensor],
             stage_order: Mapping[str, int]) -> Optional[_Gating]:
   """The rows a stage runs on, from its run_if; None (every row) without one."""
-  if not stage.run_if:
+  gate = stage_gate(stage)
+  if gate is None:
     return None
-  gate = parse_gate(stage.run_if)
   mask = _gate_mask(gate, _resolve(gate.reference, available, stage_order,
                                    stage, "run_if"), stage)
   return _Gating(gate, mask, tf.where(mask)[:, 0])
 
 
-def _gate_mask(gate: Gate, tensor: tf.Tensor, stage: StageSpec) -> tf.Tensor:
-  """A [batch] bool mask from a per-row scalar output."""
-  rank = tensor.shape.rank
-  if rank == 2 and tensor.shape[1] == 1:
-    tensor = tf.squeeze(tensor, axis=1)
-  elif rank != 1:
-    raise CascadeError(f"stage '{stage.name}': run_if needs a per-row scalar, "
-                       f"but '{gate.reference}' has shape {tensor.shape}")
+def _check_operand(gate: Gate, tensor: tf.Tensor, stage: StageSpec) -> None:
+  """Refuses an output the gate cannot read: its shape (gate.operand_problem)
+  or a dtype that is no number."""
+  shape = tensor.shape.as_list() if tensor.shape.rank is not None else None
+  problem = operand_problem(gate, shape)
+  if problem:
+    raise CascadeError(f"stage '{stage.name}': {problem}")
   if not (tensor.dtype.is_floating or tensor.dtype.is_integer or tensor.dtype.is_bool):
     raise CascadeError(f"stage '{stage.name}': run_if compares a number, but "
                        f"'{gate.reference}' is {tensor.dtype.name}")
+
+
+def _gate_mask(gate: Gate, tensor: tf.Tensor, stage: StageSpec) -> tf.Tensor:
+  """A [batch] bool mask: the gate's operand (a per-row scalar output, or
+  the gate's measure of each row of a [batch, C] output) against its
+  threshold, compared in float64."""
+  _check_operand(gate, tensor, stage)
+  if gate.measure:
+    value = tf.cast(MEASURES[gate.measure].graph(tf.cast(tensor, tf.float64)), tf.float64)
+  else:
+    if tensor.shape.rank == 2:
+      tensor = tf.squeeze(tensor, axis=1)
+    value = tf.cast(tensor, tf.float64)
   threshold = tf.constant(gate.threshold, dtype=tf.float64)
-  value = tf.cast(tensor, tf.float64)
   compare = getattr(tf.math, OPERATORS[gate.op])
   return compare(value, threshold)
+
+
+def check_gates(spec: CascadeSpec, ungated: CascadeGraph) -> None:
+  """Checks every stage's run_if against `ungated`, the graph of `spec`
+  built with no gate (tune's run): the errors building `spec` would raise
+  about a gate, without building it.
+
+  Raises:
+    CascadeError: naming the stage, the gate and what is wrong.
+  """
+  order = _check_stages(spec.stages)
+  available = {f"features.{name}": t for name, t in ungated.parsed.items()}
+  for stage in spec.stages:
+    gate = stage_gate(stage)
+    if gate is not None:
+      _check_operand(gate, _resolve(gate.reference, available, order, stage, "run_if"),
+                     stage)
+    available.update({f"{stage.name}.{out}": ungated.fetches[f"{stage.name}/{out}"]
+                      for out in stage.outputs})
 
 
 def _full_batch_outputs(stage: StageSpec, model: PlacedModel,
@@ -393,10 +467,12 @@ class CascadeSession:
     if not match:
       return None
     node = match.group(1)
-    for stage in self.spec.stages:
-      if node.startswith((stage.scope + "/", stage.scope + "_gate/")):
+    for stage in self.spec.stages:  # its gate, or the scatter of its outputs
+      if node.startswith(f"{ENGINE_SCOPE}/stage/{stage.name}/"):
         return stage.name
-    return None
+    # Its model: the longest scope holding the node ("a/b" before "a").
+    owners = [s for s in self.spec.stages if node.startswith(s.scope + "/")]
+    return max(owners, key=lambda s: len(s.scope)).name if owners else None
 
   def run(self, serialized: Sequence[bytes]) -> CascadeResult:
     """Runs the cascade on a batch of serialized `tf.train.Example`s.

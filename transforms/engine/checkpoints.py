@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
+import posixpath
 import re
 import struct
 from typing import Dict, Iterator, Optional, Tuple
@@ -114,26 +116,50 @@ def read_checkpoint(path: str, stage: str) -> CheckpointInfo:
     CascadeError: the checkpoint is missing or unreadable, naming the file.
   """
   prefix = resolve_prefix(path, stage)
+  with tf.io.gfile.GFile(prefix + ".index", "rb") as f:
+    index = f.read()
+  try:
+    entries = dict(index_entries(index))
+  except (ValueError, IndexError, struct.error):  # an index format we do not know
+    entries = {}
+  short = _short_data_file(prefix, entries)
+  if short:
+    raise CascadeError(f"stage '{stage}': checkpoint {prefix} is damaged: {short}")
   try:
     reader = tf.train.load_checkpoint(prefix)
     shapes = reader.get_variable_to_shape_map()
     dtypes = reader.get_variable_to_dtype_map()
     step = (int(reader.get_tensor("global_step"))
             if "global_step" in shapes else None)
-  except (tf.errors.OpError, ValueError) as e:
+  except (tf.errors.OpError, ValueError, IndexError) as e:  # IndexError: a short read
     raise CascadeError(f"stage '{stage}': cannot read checkpoint {prefix}: "
                        f"{_first_line(e)}") from e
   variables = {name: (tuple(shapes[name]), dtypes[name].name)
                for name in shapes}
-  with tf.io.gfile.GFile(prefix + ".index", "rb") as f:
-    index = f.read()
   digest = hashlib.sha256(index).hexdigest()
-  try:
-    checksums = {name: (entry.size, entry.crc32c)
-                 for name, entry in index_entries(index)}
-  except (ValueError, IndexError, struct.error):  # an index format we do not know
-    checksums = {}
+  checksums = {name: (entry.size, entry.crc32c) for name, entry in entries.items()}
   return CheckpointInfo(prefix, variables, f"sha256:{digest}", step, checksums)
+
+
+def _short_data_file(prefix: str, entries: Dict[str, object]) -> Optional[str]:
+  """Which `.data-*` file is missing or shorter than its index says, or None
+  (TF itself says only "Read less bytes than requested", naming no file)."""
+  folder, name = posixpath.split(prefix) if "://" in prefix else os.path.split(prefix)
+  shards = {}
+  for entry in entries.values():
+    shards[entry.shard_id] = max(shards.get(entry.shard_id, 0), entry.offset + entry.size)
+  files = {int(m.group(1)): m.group(0) for m in (
+      re.fullmatch(re.escape(name) + r"\.data-(\d+)-of-\d+", f)
+      for f in tf.io.gfile.listdir(folder or ".")) if m}
+  for shard, needed in sorted(shards.items()):
+    if shard not in files:
+      return f"its data file for shard {shard} is missing (the index lists {needed:,} bytes in it)"
+    path = f"{folder}/{files[shard]}" if folder else files[shard]
+    size = tf.io.gfile.stat(path).length
+    if size < needed:
+      return (f"{path} is truncated: {size:,} bytes, its index needs {needed:,} "
+              f"(copied while it was written, or cut short?)")
+  return None
 
 
 # --- the .index file: a TF table (LevelDB format) of BundleEntryProto --------

@@ -16,7 +16,7 @@ import tensorflow as tf
 from tensorflow.python.saved_model import loader_impl
 
 from tfcascade.transforms.engine.checkpoints import CheckpointInfo, read_checkpoint
-from tfcascade.transforms.engine.spec import CascadeError, StageSpec
+from tfcascade.transforms.engine.spec import ENGINE_SCOPE, CascadeError, StageSpec
 
 # Checkpoints written by TF2 object-based saving (tf.train.Checkpoint,
 # tf.saved_model.save) carry this key; their variable names are object paths
@@ -312,7 +312,8 @@ def _with_name_saver(stage, outputs, variables, checkpoint) -> PlacedModel:
   if not var_list:
     raise CascadeError(f"stage '{stage.name}': the model has no variables to "
                        f"restore from {checkpoint.prefix}")
-  saver = tf.compat.v1.train.Saver(var_list=var_list, name=f"{stage.scope}_restore")
+  saver = tf.compat.v1.train.Saver(var_list=var_list,
+                                  name=f"{ENGINE_SCOPE}/stage/{stage.name}/restore")
   restored = {name: var.op.name for name, var in var_list.items()}
   # The Saver covers exactly the variables the outputs read.
   return PlacedModel(outputs, saver, checkpoint, restored,

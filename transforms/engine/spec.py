@@ -21,6 +21,11 @@ FEATURE_DTYPES = tuple(LIST_KIND_DTYPES.values())
 SOURCE_TYPES = ("meta_graph", "builder", "saved_model")
 # What the session runs on (SessionSpec.device).
 DEVICES = ("cpu", "gpu")
+# The name scope of the engine's own ops (the placeholder, the parse, each
+# stage's gate and scatter, under "<ENGINE_SCOPE>/stage/<stage name>/"). A
+# stage's scope may not take it; the "." keeps it apart from every stage
+# name (a stage's default scope).
+ENGINE_SCOPE = "tfcascade.engine"
 
 
 class CascadeError(ValueError):
@@ -76,7 +81,8 @@ class StageSpec:
     source: the model's graph.
     checkpoint: checkpoint prefix or directory (latest checkpoint is used).
       Empty for a SavedModel (its own variables/ are used).
-    scope: variable/name scope the model is placed under.
+    scope: variable/name scope the model is placed under; not ENGINE_SCOPE
+      (nor under it), and free in the graph when the stage is placed.
     inputs: model input -> "features.<name>" or "<earlier stage>.<output>".
       For meta graphs and SavedModels the key is a tensor name ("input:0") or a
       signature input key; for builders it is the builder's argument key.

@@ -121,22 +121,48 @@ def demo(tmp_path_factory, tfcascade):
   return out
 
 
-def write_cli(path: Path, real: str, mode: str = "plain") -> Path:
+# A training job next door re-exports the model's graph (same graph, a new
+# file) right after the CLI planned the run, on every attempt.
+_RETRAINED = """\
+import sys
+import tensorflow as tf
+from tfcascade.pipeline import cli, run_plan
+planned = run_plan.preflight
+def planned_then_reexported(config):
+  pre = planned(config)
+  meta = tf.compat.v1.MetaGraphDef()
+  with open({meta!r}, "rb") as f:
+    meta.ParseFromString(f.read())
+  meta.meta_info_def.meta_graph_version += "+"
+  with open({meta!r}, "wb") as f:
+    f.write(meta.SerializeToString())
+  return pre
+run_plan.preflight = planned_then_reexported
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def write_cli(path: Path, real: str, mode: str = "plain", meta: str = "") -> Path:
   """A stand-in for the CLI that records each call (one line in `<path>.calls`)
   and runs the real CLI. Modes:
     plain: just the real CLI;
     die_after_publish: first call runs the real job to completion, then the
       process is killed (SIGKILL): an attempt lost after its publish;
     completed_meanwhile: another run completes the date first, so this call
-      meets "already holds a complete run" (exit 2).
+      meets "already holds a complete run" (exit 2);
+    model_retrained: the `.meta` file `meta` is rewritten right after the
+      CLI planned, so its workers refuse the changed model (exit 1).
   """
   calls = Path(str(path) + ".calls")
+  hook = Path(str(path) + ".py")
+  hook.write_text(_RETRAINED.format(meta=meta))
   body = {
       "plain": f'exec "{real}" "$@"',
       "die_after_publish": (f'"{real}" "$@"; rc=$?\n'
                             f'if [ "$(wc -l < "{calls}")" -eq 1 ]; then kill -9 $$; fi\n'
                             f'exit $rc'),
       "completed_meanwhile": f'"{real}" "$@" > /dev/null 2>&1\nexec "{real}" "$@"',
+      "model_retrained": f'exec "{Path(real).parent / "python"}" "{hook}" "$@"',
   }[mode]
   path.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$*" >> "{calls}"\n{body}\n')
   path.chmod(0o755)

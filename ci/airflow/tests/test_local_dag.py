@@ -5,6 +5,7 @@ import copy
 import fcntl
 import json
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -152,8 +153,28 @@ def test_refused_run_fails_without_retry(dag, demo, tfcascade, tmp_path):
 
 
 def test_failed_run_is_retried(dag, demo, tfcascade, tmp_path):
-  """Exit 1 (a corrupt input file with on_corrupt: fail): Airflow retries,
-  every attempt runs the job again; the date stays incomplete."""
+  """Exit 1 (a model re-exported by a training job after the run was planned:
+  running again can succeed): Airflow retries, every attempt runs the job
+  again; here every attempt meets a new export, so the date stays incomplete."""
+  models = tmp_path / "models"
+  shutil.copytree(demo / "models", models)
+  cli = write_cli(tmp_path / "tfcascade", tfcascade, mode="model_retrained",
+                  meta=str(models / "a" / "model.meta"))
+  conf = settings(cli, demo, tmp_path / "out")
+  conf["extra_args"] = conf["extra_args"] + [
+      f"--set=stages.a.checkpoint={models}/a", f"--set=stages.a.meta_graph={models}/a/model.meta"]
+  run = run_dag(dag, at(2025, 6, 7, 2, 15), conf)
+  assert run.state == "failed"
+  assert run.states["score"] == "failed" and run.tries["score"] == 3   # 1 + retries=2
+  assert len(calls(cli)) == 3
+  assert "tfcascade run failed (exit 1)" in run.log
+  assert "ModelChangedError" in run.log and f"{models}/a/model.meta" in run.log
+  assert not (tmp_path / "out" / "2025-06-07" / "_SUCCESS").exists()
+
+
+def test_corrupt_input_fails_without_retry(dag, demo, tfcascade, tmp_path):
+  """Exit 2 after reading (a truncated input file, on_corrupt: fail): the data
+  must be fixed, so the task fails at once, not retried."""
   bad = tmp_path / "in"
   bad.mkdir()
   good, damaged = sorted((demo / "data").glob("part-*"))
@@ -161,12 +182,12 @@ def test_failed_run_is_retried(dag, demo, tfcascade, tmp_path):
   (bad / damaged.name).write_bytes(damaged.read_bytes()[:50_000])
   cli = write_cli(tmp_path / "tfcascade", tfcascade)
   conf = settings(cli, demo, tmp_path / "out", input_pattern=f"{bad}/part-*.tfrecord.gz")
-  run = run_dag(dag, at(2025, 6, 7, 2, 15), conf)
+  run = run_dag(dag, at(2025, 6, 18, 2, 15), conf)
   assert run.state == "failed"
-  assert run.states["score"] == "failed" and run.tries["score"] == 3   # 1 + retries=2
-  assert len(calls(cli)) == 3
-  assert "tfcascade run failed (exit 1)" in run.log
-  assert not (tmp_path / "out" / "2025-06-07" / "_SUCCESS").exists()
+  assert run.states["score"] == "failed" and run.tries["score"] == 1
+  assert "tfcascade refused the run (exit 2), not retrying" in run.log
+  assert str(bad / damaged.name) in run.log
+  assert not (tmp_path / "out" / "2025-06-18" / "_SUCCESS").exists()
 
 
 def test_retry_waits_for_a_previous_attempt_still_running(dag, demo, tfcascade, tmp_path):

@@ -1,12 +1,17 @@
-"""No traceback reaches a user for a wrong path or file (issue 14, part 4).
+"""The exit-code contract, walked command by command (issues 14 and 21).
+
+0: complete. 1: failed in a way running again can cure. 2: refused — the
+user must fix something (config, flags, paths, data, models). Whatever the
+mistake, one `tfcascade:` line names the culprit: no traceback, no Java stack
+trace, no `internal error`.
 
 Every command is run as a user runs it — `python -m tfcascade ...` in a
 subprocess — against each kind of bad input: a missing path, a directory
 where a file is expected (and the reverse), an empty or non-YAML config, an
-unreadable file, and files of the wrong kind (a PNG, a text file) given as
+unreadable file, files of the wrong kind (a PNG, a text file) given as
 config, checkpoint, meta graph, SavedModel, TFRecord input or output
-directory. Each must exit non-zero (2 when refused before reading data) with
-one `tfcascade:` line naming the path, and never print a traceback.
+directory, mistyped flags and values, a truncated checkpoint, an output that
+is already complete.
 
 The cases run in parallel once per module (each subprocess imports
 TensorFlow); each case is its own test for reporting.
@@ -14,6 +19,7 @@ TensorFlow); each case is its own test for reporting.
 
 import concurrent.futures
 import dataclasses
+import glob
 import os
 import shutil
 import stat
@@ -30,6 +36,7 @@ from tests.jobs import make_job
 pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLE = os.path.join(ROOT, "examples", "run_inference.py")
 PNG = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01"
        b"\x08\x02\x00\x00\x00\x90wS\xde" + bytes(range(256)) * 4)
 TEXT = "this is a plain text file,\nnot a model and not a TFRecord\n"
@@ -43,6 +50,8 @@ class Case:
   culprit: str
   codes: Tuple[int, ...] = (2,)
   needs_unreadable: bool = False
+  program: Tuple[str, ...] = ("-m", "tfcascade")  # after `python`
+  prefix: str = "tfcascade:"  # how its error lines start
 
 
 @dataclasses.dataclass
@@ -98,6 +107,27 @@ def _make_files(root):
   f["unreadable_dir"] = str(root / "unreadable_dir")
   os.makedirs(f["unreadable_dir"])
   os.chmod(f["unreadable_dir"], 0)
+  return f
+
+
+def _job_files(job, root):
+  """Bad inputs made from the job's own models and data."""
+  f = {}
+  f["bad_date_config"] = str(job["root"] / "bad-date.yaml")
+  with open(job["config"]) as good, open(f["bad_date_config"], "w") as out:
+    out.write(good.read() + "run_date: 2026-02-30\n")
+  f["complete"] = str(root / "complete")
+  assert main(["run", "--config", job["config"], f"--set=output.path={f['complete']}"]) == 0
+  shutil.copytree(job["root"] / "models" / "b", root / "truncated")
+  index, = glob.glob(str(root / "truncated" / "*.index"))  # the copy's own files
+  f["truncated_ckpt"] = index[:-len(".index")]
+  f["truncated_data"] = f["truncated_ckpt"] + ".data-00000-of-00001"
+  with open(f["truncated_data"], "r+b") as data:
+    data.truncate(os.path.getsize(f["truncated_data"]) // 2)
+  f["not_examples"] = str(root / "not-examples.tfrecord")
+  with tf.io.TFRecordWriter(f["not_examples"]) as w:
+    for i in range(5):  # valid framing, but no Example inside
+      w.write(b"\xff" * (i + 1))
   return f
 
 
@@ -167,13 +197,14 @@ def _cases(job_config, f, tmp) -> List[Case]:
         argv += [f"--set=output.path={tmp / ('out-' + name)}", "--runner=DirectRunner"]
       cases.append(Case(f"{command}-{name}", argv, culprit))
   # A PNG as the input data: validate refuses it (its sample is read before
-  # anything runs); run reads it on a worker and fails (exit 1).
+  # anything runs); run reads it on a worker and fails: exit 2 all the same,
+  # as running again cannot cure damaged data.
   cases.append(Case("validate-input-png", ["validate", "--config", job_config,
                                            f"--set=input.pattern={f['png']}"], f["png"]))
   cases.append(Case("run-input-png", ["run", "--config", job_config,
                                       f"--set=input.pattern={f['png']}",
                                       f"--set=output.path={tmp / 'out-input-png'}",
-                                      "--runner=DirectRunner"], f["png"], codes=(1, 2)))
+                                      "--runner=DirectRunner"], f["png"]))
   cases.append(Case("run-output-is-a-file", ["run", "--config", job_config,
                                              f"--set=output.path={f['png']}",
                                              "--runner=DirectRunner"], f["png"]))
@@ -201,11 +232,116 @@ def _cases(job_config, f, tmp) -> List[Case]:
                                             os.path.join(f["unreadable_dir"], "demo"),
                                             "--records", "10"], f["unreadable_dir"],
                     needs_unreadable=True))
-  return cases
+  return cases + _mistake_cases(job_config, f, tmp)
+
+
+def _mistake_cases(job_config, f, tmp) -> List[Case]:
+  """Mistakes in flags and values, damaged models and data, and outputs in
+  the way (issue 21)."""
+  def run(name, *argv, culprit, codes=(2,)):
+    return Case(f"run-{name}", ["run", "--config", job_config,
+                                f"--set=output.path={tmp / ('out-' + name)}", *argv],
+                culprit, codes)
+
+  def validate(name, *argv, culprit):
+    return Case(f"validate-{name}", ["validate", "--config", job_config, *argv], culprit)
+
+  return [
+      Case("unknown-command", ["nope"], "invalid choice: 'nope'"),
+      Case("validate-unknown-flag", ["validate", "--config", job_config, "--runner=x"],
+           "unrecognized arguments: --runner=x"),
+      # Beam would drop these with a warning and run without them.
+      run("misspelled-flag", "--ovewrite",
+          culprit="unknown flag --ovewrite; did you mean --overwrite?"),
+      run("config-key-as-flag", "--batch_size=5", culprit="--set batch_size=5"),
+      run("unknown-runner", "--runner=NoSuchRunner", culprit="--runner=NoSuchRunner"),
+      run("master-without-spark", "--master", "local[2]", culprit="--engine spark"),
+      run("beam-flag-with-spark", "--engine", "spark", "--runner=DirectRunner",
+          culprit="--runner=DirectRunner"),
+      # Spark masters: refused before Java starts, or a cluster not answering.
+      run("spark-master-bogus", "--engine", "spark", "--master", "bogus",
+          culprit="--master 'bogus': not a Spark master URL"),
+      run("spark-master-without-port", "--engine", "spark", "--master", "spark://host",
+          culprit="'host' is not HOST:PORT"),
+      run("spark-master-not-answering", "--engine", "spark", "--master", "spark://127.0.0.1:1",
+          culprit="the Spark master spark://127.0.0.1:1 does not answer", codes=(1,)),
+      # Values PyYAML cannot take: a date that does not exist, broken YAML.
+      validate("day-out-of-range", "--set", "run_date=2026-02-30", culprit="run_date"),
+      validate("month-out-of-range", "--set", "run_date=2026-13-45", culprit="run_date"),
+      Case("validate-config-date-out-of-range", ["validate", "--config", f["bad_date_config"]],
+           "run_date: Input should be a valid date"),
+      run("day-out-of-range", "--set", "run_date=2026-02-30", culprit="run_date"),
+      validate("set-not-yaml", "--set", "batch_size=[1", culprit="--set batch_size=[1"),
+      run("set-not-yaml", "--set", "batch_size=[1", culprit="--set batch_size=[1"),
+      # The output is already complete: validate says what run would.
+      Case("validate-complete-output", ["validate", "--config", job_config,
+                                        f"--set=output.path={f['complete']}"],
+           f"{f['complete']} already holds a complete run"),
+      Case("run-complete-output", ["run", "--config", job_config,
+                                   f"--set=output.path={f['complete']}"],
+           f"{f['complete']} already holds a complete run"),
+      # A checkpoint whose .data file was cut short (a copy in progress).
+      validate("truncated-checkpoint", f"--set=stages.b.checkpoint={f['truncated_ckpt']}",
+               culprit=f"{f['truncated_data']} is truncated"),
+      run("truncated-checkpoint", f"--set=stages.b.checkpoint={f['truncated_ckpt']}",
+          culprit=f"{f['truncated_data']} is truncated"),
+      Case("tune-out-is-a-file", ["tune", "--config", job_config, "--label", "label",
+                                  "--out", f["png"]], f"--out {f['png']} is a file"),
+      # Records that are not Examples, more than dead_letter.max_fraction: the
+      # data must be fixed, running again cannot cure it.
+      run("too-many-dead-letters", f"--set=input.pattern={f['not_examples']}",
+          "--set=dead_letter.max_fraction=0", culprit="dead_letter.max_fraction"),
+      # inspect: a label that is not a class index; a truncated checkpoint.
+      Case("inspect-label-not-int64", ["inspect", f["complete"], "--label", "id"],
+           "--label id: feature 'id' of the output"),
+      Case("inspect-label-missing", ["inspect", f["complete"], "--label", "nope"],
+           "has no feature 'nope'"),
+      Case("inspect-truncated-checkpoint", ["inspect", f["truncated_ckpt"]],
+           f"{f['truncated_data']} is truncated"),
+      Case("inspect-relative-to-missing", ["inspect", f["truncated_ckpt"], "--relative-to",
+                                           f["missing"]], f"--relative-to {f['missing']}"),
+      # Gates: a class-probability output needs a measure; scopes are checked.
+      validate("gate-on-a-vector", "--set=stages.b.run_if=a.logits < 0.9",
+               culprit='e.g. run_if: "max(a.logits) < 0.9"'),
+      run("gate-on-a-vector", "--set=stages.b.run_if=a.logits < 0.9",
+          culprit='e.g. run_if: "max(a.logits) < 0.9"'),
+      validate("measure-on-a-scalar", "--set=stages.b.run_if=max(a.confidence) < 0.9",
+               culprit="one number per row: compare it directly"),
+      validate("unknown-measure", "--set=stages.b.run_if=mean(a.logits) < 0.9",
+               culprit="unknown measure 'mean' (measures: max, margin, entropy, argmax)"),
+      validate("gate-without-comparison", "--set=stages.b.run_if=max(a.logits)",
+               culprit="stage 'b': run_if 'max(a.logits)' is not of the form"),
+      validate("reserved-scope", "--set=stages.a.scope=tfcascade.engine",
+               culprit="stage 'a': scope 'tfcascade.engine' is reserved"),
+      validate("scope-taken", "--set=stages.b.scope=A",
+               culprit="stage 'b': scope 'A' is already taken"),
+      Case("tune-gate-on-a-vector", ["tune", "--config", job_config, "--label", "label",
+                                     "--out", str(tmp / "t2"),
+                                     "--set=stages.b.run_if=a.logits < 0.9"],
+           'e.g. run_if: "max(a.logits) < 0.9"'),
+      # demo: numbers that make no dataset; an --out holding other files.
+      Case("demo-no-records", ["demo", "--out", str(tmp / "d0"), "--records", "0"],
+           "--records must be at least 1"),
+      Case("demo-more-shards-than-records", ["demo", "--out", str(tmp / "d1"), "--records",
+                                             "3", "--shards", "4"],
+           "--shards must be between 1 and --records"),
+      Case("demo-negative-seed", ["demo", "--out", str(tmp / "d2"), "--records", "10",
+                                  "--seed", "-1"], "--seed must be >= 0"),
+      Case("demo-out-holds-other-files", ["demo", "--out", f["junk_dir"], "--records", "10"],
+           "no demo.json"),
+      # The RunInference example: its own mistakes the same way.
+      Case("example-config-missing", ["--config", f["missing"], "--out", str(tmp / "ex")],
+           f"cannot read config {f['missing']}", program=(EXAMPLE,),
+           prefix="run_inference.py:"),
+      Case("example-input-matches-nothing", ["--config", job_config, "--set",
+                                             f"input.pattern={tmp / 'nothing-*'}",
+                                             "--out", str(tmp / "ex2")],
+           "matches no files", program=(EXAMPLE,), prefix="run_inference.py:"),
+  ]
 
 
 def _run(case: Case, cwd: str) -> Result:
-  proc = subprocess.run([sys.executable, "-m", "tfcascade"] + case.argv, cwd=cwd,
+  proc = subprocess.run([sys.executable, *case.program] + case.argv, cwd=cwd,
                         capture_output=True, text=True, timeout=600)
   return Result(proc.returncode, proc.stdout, proc.stderr)
 
@@ -217,6 +353,7 @@ def world(tmp_path_factory):
   job_root.mkdir()
   job = make_job(job_root, n_records=30)
   files = _make_files(root)
+  files.update(_job_files(job, root))
   unreadable = _unreadable_blocks(files["unreadable"])
   cases = _cases(job["config"], files, root)
   runnable = [c for c in cases if unreadable or not c.needs_unreadable]
@@ -235,7 +372,8 @@ def _case_ids():
   fake = {k: f"/x/{k}" for k in (
       "missing", "png", "text", "empty", "not_yaml", "yaml_list", "empty_dir",
       "junk_dir", "bad_saved_model", "bad_ckpt", "text_meta", "empty_meta",
-      "unreadable", "unreadable_dir")}
+      "unreadable", "unreadable_dir", "bad_date_config", "complete", "truncated_ckpt",
+      "truncated_data", "not_examples")}
 
   class _Tmp(str):
     def __truediv__(self, other):
@@ -243,8 +381,8 @@ def _case_ids():
   return [c.id for c in _cases("/x/job.yaml", fake, _Tmp("/x"))]
 
 
-def _error_lines(stderr: str) -> List[str]:
-  return [l for l in stderr.splitlines() if l.startswith("tfcascade:")]
+def _error_lines(stderr: str, prefix: str = "tfcascade:") -> List[str]:
+  return [l for l in stderr.splitlines() if l.startswith(prefix)]
 
 
 @pytest.mark.parametrize("case_id", _case_ids())
@@ -254,12 +392,12 @@ def test_bad_path_gives_one_line_and_no_traceback(world, case_id):
     pytest.skip("chmod 000 does not stop reads here (running as root): the "
                 "unreadable-file case cannot be tested on this machine")
   result = world["results"][case_id]
-  command = "python -m tfcascade " + " ".join(case.argv)
+  command = " ".join(["python", *case.program, *case.argv])
   assert "Traceback" not in result.stderr, f"{command}\n{result.stderr}"
   assert "Traceback" not in result.stdout, f"{command}\n{result.stdout}"
   assert result.rc in case.codes, (
       f"{command}: exit {result.rc}, expected {case.codes}\n{result.stderr[-2000:]}")
-  lines = _error_lines(result.stderr)
+  lines = _error_lines(result.stderr, case.prefix)
   assert len(lines) == 1, f"{command}: expected one error line, got:\n{result.stderr[-2000:]}"
   assert case.culprit in lines[0], f"{command}: the error does not name {case.culprit}:\n{lines[0]}"
   assert "internal error" not in lines[0], lines[0]
@@ -314,3 +452,17 @@ def test_permission_denied_is_one_line_even_when_simulated(tmp_path, monkeypatch
   assert main(["inspect", str(data)]) == 2
   lines = _error_lines(capsys.readouterr().err)
   assert len(lines) == 1 and str(data) in lines[0] and "Permission denied" in lines[0], lines
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly(tmp_path):
+  """`tfcascade inspect X | head -1`: the pipe closes before the output is
+  written; the command stops like a Unix tool on SIGPIPE (141), silently."""
+  job = make_job(tmp_path, n_records=30)
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "tfcascade", "inspect", str(job["root"] / "data" / "*.gz")],
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  proc.stdout.close()  # the reader is gone before the first line
+  stderr = proc.stderr.read()
+  assert proc.wait(timeout=300) == 141, stderr
+  for noise in ("internal error", "Traceback", "BrokenPipeError", "Exception ignored"):
+    assert noise not in stderr, stderr
