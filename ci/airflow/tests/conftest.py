@@ -154,8 +154,10 @@ def write_cli(path: Path, real: str, mode: str = "plain", meta: str = "") -> Pat
       CLI planned, so its workers refuse the changed model (exit 1).
   """
   calls = Path(str(path) + ".calls")
-  hook = Path(str(path) + ".py")
-  hook.write_text(_RETRAINED.format(meta=meta))
+  # Not `<path>.py`: a script named tfcascade.py would shadow the package.
+  hook = path.with_name("model_retrained_hook.py")
+  if mode == "model_retrained":
+    hook.write_text(_RETRAINED.format(meta=meta))
   body = {
       "plain": f'exec "{real}" "$@"',
       "die_after_publish": (f'"{real}" "$@"; rc=$?\n'
