@@ -2,7 +2,7 @@
 
 The same `tfcascade run` job (benchmarks.workloads' data, models and job
 config: the heavy and light pairs, N records in 4 shards, so 4 read ranges)
-on four engines, each run a fresh `python -m tfcascade run` process (SYSTEMS);
+on five engines, each run a fresh `python -m tfcascade run` process (SYSTEMS);
 `spark-cluster` is ci/spark/cluster.sh's standalone cluster on its own state
 dir and free ports, started before the first round and stopped at the end,
 also on error. Rounds are interleaved (system order rotated by one each
@@ -49,6 +49,10 @@ EVENT_LOG_CONF = ["spark.eventLog.enabled=true", "spark.eventLog.dir=file://{dir
 SYSTEMS = {  # name -> (description, extra `tfcascade run` arguments)
     "direct": ("Beam DirectRunner (in-memory, one process)", DIRECT),
     "direct-mp2": ("Beam DirectRunner, multi_processing, 2 worker processes", MP2),
+    # The binary as the CLI finds it: $TFCASCADE_PRISM, PATH or the cache of
+    # ci/prism/build.sh. Prism's default environment for Python: LOOPBACK.
+    "prism": ("Beam's Prism runner (Go), its SDK worker in the launcher process",
+              ["--runner=PrismRunner"]),
     "spark-local2": ("Spark `local[2]` (driver JVM + 2 Python workers, one process tree)",
                      ["--engine", "spark", "--master", "local[2]"]),
     "spark-cluster": ("Spark standalone: master + 2 workers x 1 core on this machine",

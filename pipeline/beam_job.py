@@ -18,7 +18,7 @@ from typing import Dict, Optional, Sequence
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from tfcascade.pipeline import failure_cause, progress, run_start
+from tfcascade.pipeline import failure_cause, prism_runner, progress, run_start
 from tfcascade.pipeline.config import JobConfig
 from tfcascade.pipeline.run_plan import Preflight, predictions_suffix, preflight, run_info
 from tfcascade.transforms.accounting import RunCounts
@@ -136,14 +136,16 @@ def run(config: JobConfig, beam_args: Sequence[str] = (), overwrite: bool = Fals
 
   Raises:
     PreflightError, CascadeError, run_start.OutputExistsError,
-      run_start.RunInProgressError: before any worker starts.
+      run_start.RunInProgressError, prism_runner.PrismNotFound: before any
+      worker starts.
     run_start.AlreadyComplete: a dead run of this job had only its publish
       left, which prepare finished.
     RuntimeError: the pipeline failed (records did not add up, too many
       dead letters, a broken model, ...); nothing was published.
   """
   pre = pre or preflight(config)
-  options = PipelineOptions(list(beam_args))
+  # A Prism binary found here, not Beam's download on first use.
+  options = PipelineOptions(prism_runner.with_location(beam_args))
   standard = options.view_as(StandardOptions)
   if not standard.runner:
     standard.runner = DEFAULT_RUNNER  # never the download-on-first-use default

@@ -110,9 +110,10 @@ def _flags_problem(args, beam_args):
   if args.engine == "beam":
     if args.master or args.spark_conf:
       return "--master and --spark-conf need --engine spark"
-    from tfcascade.pipeline import beam_flags  # pylint: disable=g-import-not-at-top
+    from tfcascade.pipeline import beam_flags, prism_runner  # pylint: disable=g-import-not-at-top
     from tfcascade.pipeline.config import key_paths  # pylint: disable=g-import-not-at-top
-    return beam_flags.problem(beam_args, args.own_flags, key_paths())
+    return (beam_flags.problem(beam_args, args.own_flags, key_paths())
+            or prism_runner.problem(beam_args))
   if beam_args:
     return (f"unrecognized arguments with --engine spark: "
             f"{' '.join(beam_args)} (Beam flags need --engine beam)")

@@ -1,5 +1,6 @@
-"""Run a Beam job on a portable runner with an EXTERNAL worker pool, or on
-real Flink, from tests or CI. Shared by tests/portable/ and tests/flink/.
+"""Run a Beam job on a portable runner (Beam's Python job service, or Prism)
+with an EXTERNAL worker pool, or on real Flink, from tests or CI. Shared by
+tests/portable/ and tests/flink/.
 
 Everything here is plain functions/classes usable outside pytest. Typical use
 (the job is any command line that accepts Beam pipeline args at its end):
@@ -7,6 +8,11 @@ Everything here is plain functions/classes usable outside pytest. Typical use
   py = make_worker_venv(REPO)                  # venv with ONLY the project wheel
   with PythonJobService() as endpoint, WorkerPool(py) as pool:
     run_job(JOB_CMD + runner_args("portable_external", job_endpoint=endpoint,
+                                  worker_pool=pool))
+
+  prism, reason = prism_binary()               # as `tfcascade run` finds it
+  with WorkerPool(py) as pool:
+    run_job(JOB_CMD + runner_args("prism_external", prism=prism,
                                   worker_pool=pool))
 
   jar, reason = job_server_jar()               # from $TFCASCADE_FLINK_JOB_SERVER_JAR
@@ -37,7 +43,8 @@ BEAM_VERSION = "2.77.0"
 FLINK_VERSION = "1.20"
 JAR_ENV = "TFCASCADE_FLINK_JOB_SERVER_JAR"
 REQUIRE_ENV = "TFCASCADE_REQUIRE_FLINK"
-MODES = ("minicluster", "standalone", "portable_external")
+PRISM_REQUIRE_ENV = "TFCASCADE_REQUIRE_PRISM"
+MODES = ("minicluster", "standalone", "portable_external", "prism_external")
 
 # Java 17 closes the JDK internals that Flink/Kryo reflect into; these are the
 # flags Flink 1.20's own config.yaml ships for env.java.opts.all.
@@ -95,6 +102,23 @@ def job_server_jar() -> tuple[Path | None, str]:
                                       (JAR_ENV, env_jar))
 
 
+def prism_required() -> bool:
+  """CI sets TFCASCADE_REQUIRE_PRISM=1 (.ci/run builds Prism): a Prism test
+  that finds no binary fails there instead of skipping."""
+  return os.environ.get(PRISM_REQUIRE_ENV) == "1"
+
+
+def prism_binary() -> tuple[str | None, str]:
+  """(path, "") of Beam's Prism binary, found as `tfcascade run
+  --runner=PrismRunner` finds it ($TFCASCADE_PRISM, `prism` on PATH, the
+  cache ci/prism/build.sh fills), or (None, reason)."""
+  from tfcascade.pipeline import prism_runner  # pylint: disable=g-import-not-at-top
+  try:
+    return prism_runner.locate(["--runner=PrismRunner"]), ""
+  except prism_runner.PrismNotFound as e:
+    return None, str(e)  # says how to build it (ci/prism/build.sh)
+
+
 def runner_args(
     mode: str,
     *,
@@ -102,6 +126,7 @@ def runner_args(
     flink_master: str | None = None,
     job_endpoint: str | None = None,
     worker_pool: str | None = None,
+    prism: str | os.PathLike | None = None,
     parallelism: int = 2) -> list[str]:
   """Beam pipeline args to append to a job's command line, per runner mode.
 
@@ -112,6 +137,11 @@ def runner_args(
   portable_external  PortableRunner against `job_endpoint` (host:port of any
                      Beam job service), SDK workers from the worker pool at
                      `worker_pool` (host:port).
+  prism_external     PrismRunner (Beam's runner in Go) on the binary `prism`,
+                     SDK workers from the worker pool at `worker_pool`: the
+                     job service, fusion and data plane are Prism's, the
+                     workers separate processes (Prism's default for Python,
+                     LOOPBACK, would run them inside the launcher).
 
   The Flink modes use LOOPBACK: the SDK harness runs inside the launching
   process, which the TaskManager must be able to reach (true for a cluster on
@@ -141,6 +171,15 @@ def runner_args(
         "--environment_type=EXTERNAL",
         "--environment_config=%s" % worker_pool,
         "--parallelism=%d" % parallelism,
+    ]
+  if mode == "prism_external":
+    if not (prism and worker_pool):
+      raise ValueError("mode 'prism_external' needs prism= and worker_pool=")
+    return [
+        "--runner=PrismRunner",
+        "--prism_location=%s" % os.fspath(prism),
+        "--environment_type=EXTERNAL",
+        "--environment_config=%s" % worker_pool,
     ]
   raise ValueError("mode must be one of %s, got %r" % (MODES, mode))
 

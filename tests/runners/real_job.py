@@ -1,6 +1,6 @@
 """The real tfcascade job (`python -m tfcascade run`) on another runner, checked
 against the oracle and against the same job on the DirectRunner. Shared by
-tests/portable/ and tests/flink/."""
+tests/portable/ (Beam's Python job service and Prism) and tests/flink/."""
 
 import sys
 
@@ -17,12 +17,12 @@ def prepare(root, n_records=N_RECORDS) -> dict:
   return job
 
 
-def run(job, out, runner_args, timeout=400):
+def run(job, out, runner_args, timeout=400, env=None):
   """Runs the job's config to `out` with the given Beam runner args."""
   harness.run_job(
       [sys.executable, "-m", "tfcascade", "run", "--config", job["config"],
        "--set", f"output.path={out}"] + list(runner_args),
-      timeout=timeout, cwd=str(harness.REPO))
+      timeout=timeout, cwd=str(harness.REPO), env=env)
 
 
 def check_same_as_direct(job, out, direct_out):

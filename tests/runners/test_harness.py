@@ -16,6 +16,12 @@ def test_runner_args_shapes():
   assert c[:4] == ["--runner=PortableRunner", "--job_endpoint=localhost:1",
                    "--environment_type=EXTERNAL",
                    "--environment_config=localhost:2"]
+  d = harness.runner_args("prism_external", prism="/bin/prism",
+                          worker_pool="localhost:2")
+  assert d == ["--runner=PrismRunner", "--prism_location=/bin/prism",
+               "--environment_type=EXTERNAL", "--environment_config=localhost:2"]
+  with pytest.raises(ValueError):
+    harness.runner_args("prism_external", worker_pool="localhost:2")
   with pytest.raises(ValueError):
     harness.runner_args("standalone", jar="/j.jar")
   with pytest.raises(ValueError):
