@@ -126,6 +126,9 @@ def _session(master: str, conf: Dict[str, str], log: Optional[str]):
                 .set("spark.pyspark.python", os.environ["PYSPARK_PYTHON"]))
   for key, value in _quiet_defaults(conf).items():
     spark_conf.set(key, value)
+  if SparkContext._active_spark_context is not None:  # pylint: disable=protected-access
+    # One context per process (a caller's own, e.g. in tests): reuse it.
+    return SparkContext.getOrCreate(spark_conf)
   gateway = None
   if log and SparkContext._gateway is None:  # pylint: disable=protected-access; else reused
     with open(log, "ab") as stderr:
