@@ -71,6 +71,9 @@ setuptools.setup(
             # TensorFlow (duplicate protobuf symbols), so it runs only in
             # TF-free subprocesses; the product never imports it.
             "tfrecord==1.14.6",
+            # The Parquet output's readers (tests/test_parquet_output.py):
+            # what analysts read it with, next to pyarrow (Beam's).
+            "duckdb==2.0.1", "pandas==2.3.3",
         ],
         # The Spark engine (issue 11): the pyspark sdist ships Spark's jars
         # (bin/spark-class, jars/), so this is also what ci/spark/cluster.sh

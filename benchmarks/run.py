@@ -5,7 +5,8 @@ then runs every configuration (benchmarks.systems) in its own fresh process,
 in interleaved rounds (every configuration once per round, shuffled), so a
 noisy neighbour hurts all systems alike; samples each run's process-tree RSS
 and notes how busy the rest of the machine was. Outputs are checked against
-B0's. Writes benchmarks/results.json (every run), benchmarks/RESULTS.md
+B0's; then the output writers side by side (benchmarks.writers). Writes
+benchmarks/results.json (every run), benchmarks/RESULTS.md
 (benchmarks.report) and the README's headline block; `--report-only`
 rebuilds the reports from the json. `--quick` is a smoke run: every
 configuration once on a few thousand records, results under the work dir.
@@ -271,6 +272,14 @@ def main(argv=None):
       data["elapsed_s"] = time.time() - started
       _save(data, results_json)
     data["reps_done"] = rep + 1
+  if not args.only or args.only in "writers":
+    # The output writers side by side (benchmarks.writers), TF-free but in a
+    # child like the data: the driver measures nothing of its own.
+    rows, rounds = (10240, 3) if args.quick else (102400, 7)
+    data["writers"] = common.in_child(
+        f"import json; from benchmarks import writers; "
+        f"print('WRITERS', json.dumps(writers.measure({rows}, {rounds})))", "WRITERS")
+    log("output writers measured")
   data["elapsed_s"] = time.time() - started
   _save(data, results_json)
   _write_reports(data, results_md, args.quick)

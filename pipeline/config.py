@@ -18,6 +18,7 @@ import pydantic
 import yaml
 
 from tfcascade.transforms.writing.encoders import ENCODERS
+from tfcascade.transforms.writing.parquet_writer import PARQUET_CODECS
 from tfcascade.transforms.engine.spec import (DEVICES, FEATURE_DTYPES, SOURCE_TYPES,
                                     CascadeSpec, FeatureSpec, ModelSource,
                                     SessionSpec, StageSpec)
@@ -105,9 +106,28 @@ class Stage(_Model):
 class Output(_Model):
   path: str
   format: Literal[tuple(ENCODERS)] = "tfrecord"
-  compression: Literal["none", "gzip"] = "none"
+  # tfrecord, jsonl: the whole file gzipped or not; parquet: its codec
+  # (column chunks compressed inside the file), snappy when not given.
+  compression: Literal[PARQUET_CODECS] = "none"
   passthrough: Tuple[str, ...] = ()
   num_shards: pydantic.NonNegativeInt = 0  # 0: the runner decides
+
+  @pydantic.model_validator(mode="before")
+  @classmethod
+  def _parquet_default_codec(cls, data):
+    # Snappy: what Spark and pyarrow write by default, cheap to decode. A
+    # default of "none" would have changed every existing config's run_key.
+    if isinstance(data, dict) and data.get("format") == "parquet" and \
+        data.get("compression") is None:
+      return {**data, "compression": "snappy"}
+    return data
+
+  @pydantic.model_validator(mode="after")
+  def _codec_fits_format(self):
+    if self.format != "parquet" and self.compression not in ("none", "gzip"):
+      raise ValueError(f"compression {self.compression!r} is a Parquet codec; format "
+                       f"{self.format} takes none or gzip")
+    return self
 
 
 class Session(_Model):
@@ -142,6 +162,25 @@ class JobConfig(_Model):
   session: Session = Session()
   dead_letter: DeadLetter = DeadLetter()
   run_date: Optional[datetime.date] = None
+
+  @pydantic.model_validator(mode="after")
+  def _parquet_passthrough_declared(self):
+    # A Parquet column's type and shape are the feature's declaration, and
+    # every row has a value: passthrough features parsed in-graph, required.
+    if self.output.format != "parquet":
+      return self
+    for name in self.output.passthrough:
+      feature = self.input.features.get(name)
+      if feature is None:
+        raise ValueError(f"output.passthrough {name!r}: format parquet writes declared "
+                         f"features only (the column's type is the declaration's): "
+                         f"declare it under input.features")
+      if feature.default is not None:
+        raise ValueError(f"output.passthrough {name!r}: format parquet writes required "
+                         f"features only (a record without it would get the default "
+                         f"written as if it were data): drop its default, or use "
+                         f"format tfrecord or jsonl, which copy it only where present")
+    return self
 
   @pydantic.model_validator(mode="after")
   def _templates(self):

@@ -20,6 +20,7 @@ from tfcascade.transforms.engine import CascadeSpec, build_cascade_graph, pin_mo
 from tfcascade.transforms.formats import tfrecord_framing as framing
 from tfcascade.transforms.paths import match_input
 from tfcascade.transforms.reading.record_ranges import InputFile, open_raw
+from tfcascade.transforms.writing.parquet_writer import PARQUET_SUFFIX
 
 
 class PreflightError(RuntimeError):
@@ -114,6 +115,8 @@ def unused_warning(plan, limit: int = 10) -> str:
 
 
 def predictions_suffix(config: JobConfig) -> str:
+  if config.output.format == "parquet":  # compressed inside: output.compression is its codec
+    return PARQUET_SUFFIX
   suffix = ".tfrecord" if config.output.format == "tfrecord" else ".jsonl"
   return suffix + (".gz" if config.output.compression == "gzip" else "")
 

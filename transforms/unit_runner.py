@@ -12,7 +12,8 @@ the next run of the same output reuse it if this run dies.
 
 Memory: at most two chunks are in flight per unit (one being scored in the
 helper thread, the one before it being encoded and written), each capped in
-records and bytes by the reader.
+records and bytes by the reader; a Parquet output also holds the row group
+being gathered (writing.parquet_writer.ROW_GROUP_BYTES at most).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tfcascade.transforms.publishing import unit_commits
 from tfcascade.transforms.publishing.run_registry import RunStaging
 from tfcascade.transforms.reading.record_ranges import ReadRange, RecordChunk, read_range
 from tfcascade.transforms.scoring.chunk_scorer import ChunkScorer, ScoredChunk
+from tfcascade.transforms.writing.parquet_writer import PARQUET_SUFFIX, ParquetShardWriter
 from tfcascade.transforms.writing.shard_writer import ShardWriter
 
 
@@ -40,14 +42,18 @@ class UnitSettings:
   chunk_bytes: int  # bytes per chunk (batch_bytes)
   max_record_bytes: int
   on_corrupt: str
-  predictions_suffix: str
-  compression: str  # of the predictions
+  predictions_suffix: str  # says the format: run_plan.predictions_suffix
+  compression: str  # of the predictions: none | gzip, or the Parquet codec
 
 
 def _writers(settings: UnitSettings) -> Dict[str, ShardWriter]:
   directory = settings.run.files_dir
-  return {layout.PREDICTIONS: ShardWriter(directory, layout.PREDICTIONS,
-                                          settings.predictions_suffix, settings.compression),
+  if settings.predictions_suffix == PARQUET_SUFFIX:
+    predictions = ParquetShardWriter(directory, layout.PREDICTIONS, settings.compression)
+  else:
+    predictions = ShardWriter(directory, layout.PREDICTIONS, settings.predictions_suffix,
+                              settings.compression)
+  return {layout.PREDICTIONS: predictions,
           layout.DEAD_LETTER: ShardWriter(directory, layout.DEAD_LETTER, ".jsonl"),
           layout.QUARANTINE: ShardWriter(directory, layout.QUARANTINE, ".jsonl")}
 

@@ -1,6 +1,6 @@
 """`inspect` on a tfcascade output directory: what is published (the run
 summary, completeness (`_SUCCESS`) and, given an int64 label passthrough,
-each stage's and the cascade's accuracy, from TFRecord or JSONL
+each stage's and the cascade's accuracy, from TFRecord, JSONL or Parquet
 predictions), then every run under `_staging/` that did not publish."""
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def _prediction_files(path: str) -> List[str]:
     found = tf.io.gfile.glob(pattern)
   except (tf.errors.OpError, OSError) as e:
     raise InspectError(f"cannot list {path}: {first_line(e)}") from e
-  return sorted(f for f in found if ".tfrecord" in f or ".jsonl" in f)
+  return sorted(f for f in found if any(s in f for s in (".tfrecord", ".jsonl", ".parquet")))
 
 
 def _accuracy_lines(path: str, files: List[str], label: str, stages) -> List[str]:
@@ -167,8 +167,9 @@ def _int64_features(passthrough: Dict[str, str]) -> str:
 
 def _rows(files: List[str]) -> Iterator[Row]:
   for file in files:
-    yield from (_jsonl_rows(file) if ".jsonl" in os.path.basename(file)
-                else _tfrecord_rows(file))
+    name = os.path.basename(file)
+    yield from (_jsonl_rows(file) if ".jsonl" in name else
+                _parquet_rows(file) if name.endswith(".parquet") else _tfrecord_rows(file))
 
 
 def _tfrecord_rows(file: str) -> Iterator[Row]:
@@ -205,3 +206,33 @@ def _json_value(values) -> Tuple[str, Sequence]:
   if isinstance(first, float):
     return "float32", values
   return "string", values  # text, or {"b64": ...} for other bytes
+
+
+def _parquet_rows(file: str) -> Iterator[Row]:
+  """A Parquet output row: a column per feature, scalars or fixed-size lists
+  (transforms/writing/parquet_columns.py), read a row group at a time."""
+  import pyarrow as pa  # pylint: disable=g-import-not-at-top
+  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+  try:
+    # pyarrow's own file systems (local, gs://, s3://): TF's GFile lacks
+    # what pyarrow asks of a Python file.
+    with pq.ParquetFile(file) as source:
+      dtypes = {field.name: _arrow_dtype(field.type) for field in source.schema_arrow}
+      for batch in source.iter_batches():
+        for row in batch.to_pylist():
+          yield {name: (dtypes[name], value if isinstance(value, list) else (value,))
+                 for name, value in row.items()}
+  except (OSError, pa.ArrowException) as e:
+    raise InspectError(f"cannot read {file}: {first_line(e)}") from e
+
+
+def _arrow_dtype(arrow_type) -> str:
+  """"int64", "float32", "bool", "string": a column's (or its lists') values."""
+  import pyarrow as pa  # pylint: disable=g-import-not-at-top
+  if pa.types.is_fixed_size_list(arrow_type) or pa.types.is_list(arrow_type):
+    arrow_type = arrow_type.value_type
+  if pa.types.is_boolean(arrow_type):
+    return "bool"
+  if pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type):
+    return np.dtype(arrow_type.to_pandas_dtype()).name
+  return "string"  # binary: TF strings

@@ -28,6 +28,8 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from tfcascade.transforms.accounting import RunCounts, WrittenFile
+from tfcascade.transforms.writing import parquet_writer
+from tfcascade.transforms.writing.parquet_writer import PARQUET_SUFFIX
 from tfcascade.transforms.writing.shard_writer import failures_named
 from tfcascade.transforms.publishing import output_layout as layout
 from tfcascade.transforms.publishing import run_registry
@@ -117,7 +119,9 @@ def finalize(counts: RunCounts, output_path: str, run_id: str, info: dict):
         + "; ".join(f"{s.staging.run_id} ({s.why})" for s in rivals)
         + "; this run does not publish"))
   files = sorted(counts.files)  # committed attempts only
-  if not any(f.kind == PREDICTIONS for f in files):
+  # Parquet: no file, since its columns' types come from the rows scored.
+  if not any(f.kind == PREDICTIONS for f in files) and \
+      info["predictions_suffix"] != PARQUET_SUFFIX:
     files.append(_empty_predictions_file(run, info))
   if info.get("num_shards"):
     with failures_named("merging the predictions into output.num_shards files in",
@@ -164,8 +168,9 @@ def _empty_predictions_file(run, info) -> WrittenFile:
 def _merge_predictions(run, files: List[WrittenFile], shards: int) -> List[WrittenFile]:
   """output.num_shards: the units' prediction files concatenated into that
   many staged files (TFRecord frames, gzip members and JSON lines all stay
-  valid when concatenated). It copies the whole output once, on this one
-  worker: the price of choosing the file count."""
+  valid when concatenated; Parquet files are re-read and re-written into
+  full row groups). It copies the whole output once, on this one worker: the
+  price of choosing the file count."""
   predictions = [f for f in files if f.kind == PREDICTIONS]
   if len(predictions) <= shards:
     return files
@@ -173,6 +178,9 @@ def _merge_predictions(run, files: List[WrittenFile], shards: int) -> List[Writt
   suffix = _suffix(predictions[0].path, PREDICTIONS)
   for shard in range(shards):
     group = predictions[shard::shards]
+    if suffix == PARQUET_SUFFIX:
+      merged.append(_merged_parquet(run, group))
+      continue
     path = join(run.files_dir, f"{PREDICTIONS}-merged{shard:05d}{suffix}")
     with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as out:
       for f in group:
@@ -184,6 +192,15 @@ def _merge_predictions(run, files: List[WrittenFile], shards: int) -> List[Writt
             out.write(block)
     merged.append(WrittenFile(PREDICTIONS, path, sum(f.records for f in group)))
   return [f for f in files if f.kind != PREDICTIONS] + merged
+
+
+def _merged_parquet(run, group: List[WrittenFile]) -> WrittenFile:
+  merged = parquet_writer.merge(run.files_dir, PREDICTIONS, [f.path for f in group])
+  if merged.records != sum(f.records for f in group):
+    raise AccountingError(f"merging {len(group)} Parquet files into {merged.path} wrote "
+                          f"{merged.records} rows; their units committed "
+                          f"{sum(f.records for f in group)}; nothing published (no {SUCCESS})")
+  return merged
 
 
 def _publish_plan(output_path: str, files: List[WrittenFile], summary: dict) -> dict:

@@ -2,7 +2,7 @@
 FileSystems path: local, gs://, ...).
 
 ```
-<output>/predictions-SSSSS-of-NNNNN.tfrecord[.gz]   published files
+<output>/predictions-SSSSS-of-NNNNN.tfrecord[.gz] | .jsonl[.gz] | .parquet   published files
 <output>/dead_letter/dead_letter-SSSSS-of-NNNNN.jsonl
 <output>/dead_letter/quarantine-SSSSS-of-NNNNN.jsonl
 <output>/run_summary.json, run_metrics.json

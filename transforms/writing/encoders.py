@@ -1,7 +1,10 @@
-"""Turning a batch of engine outputs into output bytes (TFRecord or JSONL).
+"""Turning a batch of engine outputs into output bytes (TFRecord or JSONL), or
+into an Arrow record batch (Parquet: parquet_columns).
 
 A whole batch becomes ONE blob of ready-to-append file bytes, so the sink
-writes a few large strings instead of one element per row (docs/design.md, fact 11).
+writes a few large strings instead of one element per row (docs/design.md,
+fact 11); for Parquet the blob is the batch, which
+parquet_writer.ParquetShardWriter gathers into row groups.
 Each encoder returns (records in the blob, blob): the count is of what it
 produced, not of what it was asked for, so a row lost in encoding fails the
 run's accounting instead of vanishing.
@@ -17,6 +20,7 @@ import numpy as np
 
 from tfcascade.transforms.formats import example_codec
 from tfcascade.transforms.formats.tfrecord_framing import frame_matrix, frame_records
+from tfcascade.transforms.writing.parquet_columns import encode_parquet
 
 
 def encode_tfrecord(columns: Dict[str, np.ndarray], num_rows: int,
@@ -72,4 +76,4 @@ def encode_jsonl(columns: Dict[str, np.ndarray], num_rows: int,
   return len(lines), ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
 
 
-ENCODERS = {"tfrecord": encode_tfrecord, "jsonl": encode_jsonl}
+ENCODERS = {"tfrecord": encode_tfrecord, "jsonl": encode_jsonl, "parquet": encode_parquet}

@@ -18,7 +18,8 @@ disk is not left fuller for the next attempt.
 same one-line errors.
 
 Engine-agnostic (no Beam pipeline API): the Beam job and the Spark job both
-use `ShardWriter`.
+use `ShardWriter` (and `parquet_writer.ParquetShardWriter`, its Parquet
+form).
 """
 
 from __future__ import annotations
@@ -112,11 +113,7 @@ class ShardWriter:
       OutputWriteError: the file cannot be created or written.
     """
     if self._file is None:
-      try:
-        self._raw = FileSystems.create(self.path, mime_type="application/octet-stream",
-                                       compression_type=CompressionTypes.UNCOMPRESSED)
-      except OSError as e:
-        raise self._failed("creating", e) from e
+      self._raw = self._create()
       # Compressed here, not by FileSystems.create: a failed gzip close skips
       # closing the file beneath, and _failed must close (free) it.
       self._file = (CompressedFile(self._raw, CompressionTypes.GZIP) if self._gzip
@@ -141,6 +138,18 @@ class ShardWriter:
       raise self._failed("closing", e) from e
     self._file = self._raw = None
     return WrittenFile(self.kind, self.path, self.records)
+
+  def _create(self):
+    """The new file, its bytes as written (no compression layer).
+
+    Raises:
+      OutputWriteError: it cannot be created.
+    """
+    try:
+      return FileSystems.create(self.path, mime_type="application/octet-stream",
+                                compression_type=CompressionTypes.UNCOMPRESSED)
+    except OSError as e:
+      raise self._failed("creating", e) from e
 
   def _failed(self, doing: str, error: OSError) -> OutputWriteError:
     """Drops the broken file (best effort: it is named nowhere, and on a full
