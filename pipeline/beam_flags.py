@@ -25,14 +25,14 @@ def problem(flags: Sequence[str], own_flags: Iterable[str],
       is a config key given as a flag (`--set batch_size=5`).
   """
   parser = _beam_parser()
-  _, unknown = parser.parse_known_args(list(flags))
+  known, unknown = parser.parse_known_args(list(flags))
   for arg in unknown:
     if arg == "--":
       break
     if not arg.startswith("-"):
       continue  # the value of an unknown flag, named with it already
     return _unknown_flag(arg, parser, list(own_flags), config_keys)
-  return _runner_problem(parser.parse_known_args(list(flags))[0].runner)
+  return _runner_problem(known.runner)
 
 
 def _beam_parser():

@@ -37,11 +37,11 @@ def of(error: BaseException) -> Tuple[str, int]:
       finalize.ConcurrentRunError: exit_codes.FAILED,
   }
   text = str(error)
+  if isinstance(error, tuple(code_of)):  # raised here, not wrapped by a runner
+    text = f"{type(error).__name__}: {text}"
+  # The last of our errors in the text: the innermost cause.
   found = [(text.rindex(f"{cls.__name__}: "), cls) for cls in code_of
            if f"{cls.__name__}: " in text]
-  if isinstance(error, tuple(code_of)):
-    found.append((0, type(error)))
-    text = f"{type(error).__name__}: {text}"
   if found:
     at, cls = max(found, key=lambda f: f[0])
     return text[at:].splitlines()[0], code_of[cls]
