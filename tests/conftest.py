@@ -1,7 +1,7 @@
 """Fixtures shared by the runner tests: tests/portable/ (PortableRunner with
 an EXTERNAL worker pool) and tests/flink/ (Flink). The harness behind them is
 tests/runners/harness.py. Session-scoped and built only when a test asks.
-Also the hypothesis profile (below)."""
+Also the hypothesis profile and TF's log level between tests (below)."""
 
 import os
 
@@ -15,6 +15,27 @@ from tests.runners import harness
 # reproduces; elsewhere every run explores new examples.
 hypothesis.settings.register_profile("ci", derandomize=True)
 hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+_TF_LOG_LEVEL_AT_START = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+
+
+def _restore_tf_log_level():
+  if _TF_LOG_LEVEL_AT_START is None:
+    os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
+  else:
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = _TF_LOG_LEVEL_AT_START
+
+
+@pytest.fixture(autouse=True)
+def _tf_log_level_as_at_start():
+  """`tfcascade` run in-process (a test, or a module fixture before it) sets
+  TF_CPP_MIN_LOG_LEVEL for good, so that its workers inherit it; a test's
+  subprocess would then take it for the user's own setting and show TF's
+  start-up lines. Each test starts and ends with the session's own value."""
+  _restore_tf_log_level()
+  yield
+  _restore_tf_log_level()
 
 
 @pytest.fixture(scope="session")

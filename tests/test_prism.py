@@ -40,7 +40,9 @@ def test_none_found_is_one_line_and_exit_2(no_prism):
       capture_output=True, text=True, cwd=ROOT, timeout=300, env=dict(os.environ))
   assert proc.returncode == 2, proc.stderr
   assert proc.stdout == ""  # refused before the config is even read
-  (line,) = proc.stderr.splitlines()
+  lines = proc.stderr.splitlines()
+  assert len(lines) == 1, proc.stderr
+  (line,) = lines
   assert line.startswith("tfcascade: error: --runner=PrismRunner: no Prism binary found")
   assert prism_runner.install_command() in line and prism_runner.BUILD_SCRIPT in line
   assert "@v" + prism_runner.beam_version() in line
