@@ -11,14 +11,16 @@ does not wait for (a Dataflow template) still ends complete.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import math
 from typing import Dict, Optional, Sequence
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from tfcascade.pipeline import failure_cause, prism_runner, progress, run_start
+from tfcascade.pipeline import failure_cause, local_workers, prism_runner, progress, run_start
 from tfcascade.pipeline.config import JobConfig
 from tfcascade.pipeline.run_plan import Preflight, predictions_suffix, preflight, run_info
 from tfcascade.transforms.accounting import RunCounts
@@ -44,7 +46,8 @@ def unit_settings(config: JobConfig, run: RunStaging, pre: Preflight) -> UnitSet
 
 def build_pipeline(p: beam.Pipeline, config: JobConfig, pre: Preflight,
                    run: RunStaging, info: dict,
-                   resumed: Optional[run_start.Resumed] = None) -> None:
+                   resumed: Optional[run_start.Resumed] = None,
+                   processes: Optional[int] = None) -> None:
   """Adds the whole job to `p`: units write under the run's staging, the
   last step publishes.
 
@@ -55,10 +58,13 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, pre: Preflight,
     run: the run's staging, from `run_start.prepare`.
     info: `run_info(...)`, for the summary.
     resumed: units adopted from a dead run: not scored again, counted.
+    processes: worker processes on this machine, when the launcher chose
+      them (local_workers); else taken from the runner's options.
   """
   resumed = resumed or run_start.Resumed()
   units = p | "ScoreInputs" >> ScoreUnits(
-      pre.files, cascade_spec_for(pre.spec, config, p.options), config.output.format,
+      pre.files, cascade_spec_for(pre.spec, config, p.options, processes),
+      config.output.format,
       config.output.passthrough, config.dead_letter.non_finite_outputs,
       unit_settings(config, run, pre), config.input.split_bytes,
       done=frozenset(resumed.commits))
@@ -70,13 +76,15 @@ def build_pipeline(p: beam.Pipeline, config: JobConfig, pre: Preflight,
       finalize.finalize, run.output_path, run.run_id, info)
 
 
-def cascade_spec_for(spec, config: JobConfig, options: PipelineOptions):
-  """The pinned spec, with the worker processes per machine taken from the
-  runner's options when the config leaves session.processes_per_host unset."""
+def cascade_spec_for(spec, config: JobConfig, options: PipelineOptions,
+                     processes: Optional[int] = None):
+  """The pinned spec, with the worker processes per machine (`processes`, or
+  from the runner's options) when the config leaves
+  session.processes_per_host unset."""
   if config.session.processes_per_host is not None:
     return spec
   return dataclasses.replace(spec, session=dataclasses.replace(
-      spec.session, processes_per_host=processes_per_host(options)))
+      spec.session, processes_per_host=processes or processes_per_host(options)))
 
 
 def processes_per_host(options: PipelineOptions) -> int:
@@ -147,30 +155,59 @@ def run(config: JobConfig, beam_args: Sequence[str] = (), overwrite: bool = Fals
   # A Prism binary found here, not Beam's download on first use.
   options = PipelineOptions(prism_runner.with_location(beam_args))
   standard = options.view_as(StandardOptions)
+  detached = _submits_only(options)
+  ours = not standard.runner and not detached and local_workers.ours_to_choose(beam_args)
   if not standard.runner:
     standard.runner = DEFAULT_RUNNER  # never the download-on-first-use default
-  detached = _submits_only(options)
   resumed = run_start.Resumed()
   if _dry_run(options):  # describes the job only: no run starts, nothing staged
     run_staging = RunStaging(config.output_path, run_start.new_run_id())
   else:
     run_staging, resumed = run_start.prepare_run(config.output_path, overwrite, pre,
                                                  detached=detached, resume=resume)
-  pipeline = beam.Pipeline(options=options)
-  build_pipeline(pipeline, config, pre, run_staging,
-                 run_info(config, pre, standard.runner, run_staging.run_id), resumed)
-  if detached:
-    pipeline.run()
-    return None
-  watch = progress.Progress(run_staging, sum(f.size for f in pre.files), resumed.commits)
-  with run_start.Heartbeat(run_staging), progress.ProgressLog(watch):
-    try:
-      result = pipeline.run()
-      state = result.wait_until_finish()
-    except BaseException as e:
-      run_start.mark_ended(run_staging, f"failed: {failure_cause.of(e)[0]}")
-      raise
+  choice = None
+  if ours:  # the DirectRunner on this machine: how many processes
+    units = _units(pre, config.input.split_bytes)
+    left = max(units - len(resumed.commits), 0)  # a resumed run scores the rest
+    choice = local_workers.choose(sum(f.size for f in pre.files) * left // max(units, 1),
+                                  left, local_workers.requested(beam_args))
+    options.view_as(DirectOptions).direct_num_workers = choice.workers
+    _LOG.info("tfcascade: scoring %s", choice.why)
+  with contextlib.ExitStack() as stack:
+    workers = None
+    runner_name = standard.runner
+    if choice and choice.workers > 1:
+      workers = stack.enter_context(local_workers.WarmWorkers(choice.workers))
+      runner_name = f"{standard.runner} ({choice.workers} worker processes)"
+    pipeline = beam.Pipeline(runner=workers and local_workers.runner(workers),
+                             options=options)
+    build_pipeline(pipeline, config, pre, run_staging,
+                   run_info(config, pre, runner_name, run_staging.run_id), resumed,
+                   processes=choice.workers if choice else None)
+    if detached:
+      pipeline.run()
+      return None
+    watch = progress.Progress(run_staging, sum(f.size for f in pre.files), resumed.commits)
+    with run_start.Heartbeat(run_staging), progress.ProgressLog(watch):
+      try:
+        try:
+          result = pipeline.run()
+          state = result.wait_until_finish()
+        except KeyboardInterrupt:
+          if workers is not None and workers.lost:  # the watchdog's interrupt
+            raise local_workers.WorkerLostError(workers.lost) from None
+          raise
+      except BaseException as e:
+        run_start.mark_ended(run_staging, f"failed: {failure_cause.of(e)[0]}")
+        raise
   return _judge(config.output_path, run_staging, result, state)
+
+
+def _units(pre: Preflight, split_bytes: int) -> int:
+  """How many units the input makes (as PlanUnits will split it, without
+  reading the files' indexes): a compressed file is one."""
+  return sum(1 if f.compression != "none" else max(1, math.ceil(f.size / split_bytes))
+             for f in pre.files)
 
 
 def _judge(output_path: str, run_staging, result, state) -> dict:

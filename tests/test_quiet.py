@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from tfcascade.pipeline.cli import main
-from tfcascade.pipeline.quiet import without_info
+from tfcascade.transforms.tf_import import without_info
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHATTER = ("absl::InitializeLog", "oneDNN custom operations", "cpu_feature_guard",

@@ -29,6 +29,7 @@ from tfcascade.transforms.publishing import run_registry
 from tfcascade.transforms.publishing.unit_commits import unit_key
 from tfcascade.transforms.reading.record_ranges import InputFile, ReadRange, plan_ranges
 from tfcascade.transforms.scoring.chunk_scorer import ChunkScorer
+from tfcascade.transforms.tf_import import import_tensorflow
 from tfcascade.transforms.unit_runner import UnitSettings, run_unit
 
 __all__ = ["ScoreUnits"]
@@ -116,6 +117,7 @@ class _ScoreUnitsDoFn(beam.DoFn):
     self._read_metrics = ReadMetrics()
 
   def setup(self):
+    import_tensorflow()  # first, so that Keras's optional extras stay out
     from tfcascade.transforms.engine import CascadeSession  # pylint: disable=g-import-not-at-top; TF on workers only
 
     def load():

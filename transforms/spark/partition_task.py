@@ -28,6 +28,7 @@ from tfcascade.transforms.gpu_check import check_device
 from tfcascade.transforms.publishing import run_registry
 from tfcascade.transforms.reading.record_ranges import ReadRange
 from tfcascade.transforms.scoring.chunk_scorer import ChunkScorer
+from tfcascade.transforms.tf_import import import_tensorflow
 from tfcascade.transforms.unit_runner import UnitSettings, run_unit
 
 # One scorer (one CascadeSession) per Python worker process, reused by every
@@ -66,6 +67,7 @@ def _scorer(config: TaskConfig, cpus: int) -> Tuple[ChunkScorer, bool]:
   with _LOCK:
     if key in _SCORERS:
       return _SCORERS[key], False
+    import_tensorflow()  # first, so that Keras's optional extras stay out
     from tfcascade.transforms.engine import CascadeSession  # pylint: disable=g-import-not-at-top
     check_device(spec.session.device)  # gpu asked, none on this executor: fail, not crawl
     _SCORERS[key] = ChunkScorer(CascadeSession(spec), config.output_format,
