@@ -50,10 +50,12 @@ setuptools.setup(
     package_dir=PACKAGE_DIRS,
     install_requires=REQUIRES,
     extras_require={
-        # The demo's data set is scikit-learn's bundled 8x8 digits.
-        "demo": [SCIKIT_LEARN],
-        # `tfcascade tune` draws tune.png (a range: it installs next to a
-        # user's own matplotlib; constraints.txt pins the tested one).
+        # The demo's data set is scikit-learn's bundled 8x8 digits; its run
+        # report (`tfcascade report`) draws with matplotlib.
+        "demo": [SCIKIT_LEARN, MATPLOTLIB],
+        # `tfcascade tune` draws tune.png and `tfcascade report` its charts (a
+        # range: it installs next to a user's own matplotlib; constraints.txt
+        # pins the tested one).
         "plot": ["matplotlib>=3.8,<4"],
         # NVIDIA's CUDA and cuDNN libraries as wheels (about 2.8 GB to
         # download, 4.4 GB installed), for `session.device: gpu` on a machine

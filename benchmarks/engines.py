@@ -48,6 +48,9 @@ EVENT_LOG_CONF = ["spark.eventLog.enabled=true", "spark.eventLog.dir=file://{dir
                   "spark.eventLog.compress=false", "spark.eventLog.rolling.enabled=false"]
 SYSTEMS = {  # name -> (description, extra `tfcascade run` arguments)
     "direct": ("Beam DirectRunner (in-memory, one process)", DIRECT),
+    # No runner flags: one warm worker process per core (pipeline.local_workers).
+    "default": ("`tfcascade run` with no runner flags: DirectRunner, one warm worker "
+                "process per core", []),
     "direct-mp2": ("Beam DirectRunner, multi_processing, 2 worker processes", MP2),
     # The binary as the CLI finds it: $TFCASCADE_PRISM, PATH or the cache of
     # ci/prism/build.sh. Prism's default environment for Python: LOOPBACK.
@@ -396,7 +399,7 @@ def write_report(data, path_md):
 
 # --- main --------------------------------------------------------------------
 
-def _versions():
+def versions():
   info = machine_info(("pyspark", "pydantic"))
   try:
     info["git_head"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
@@ -464,7 +467,7 @@ def main(argv=None):
           "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(
               timespec="seconds"),
           "records": records, "rounds_planned": rounds, "kinds": list(kinds),
-          "systems": systems, "machine": _versions(),
+          "systems": systems, "machine": versions(),
           "manifest": prepared["manifest"], "runs": []}
   cluster = None
   # SIGTERM/SIGHUP end the run through `finally` (the cluster is stopped).

@@ -4,6 +4,8 @@ Every night at 02:15 UTC it scores the day before into that date's folder:
 
   plan --> wait_for_input (GCS) --> score (`tfcascade run --runner=DataflowRunner`,
                                            waits for the job and its exit code)
+       --> report (`tfcascade report --compare <the day before>` on the Airflow
+           worker, the HTML beside the date's output on GCS; drift fails it)
 
 - The task runs the tfcascade launcher on the Airflow worker and waits for its
   exit code, the same task as examples/airflow_local_dag.py (which CI runs on
@@ -46,7 +48,8 @@ from airflow.providers.standard.operators.python import PythonOperator
 from airflow.providers.google.cloud.hooks.dataflow import DataflowHook  # noqa: F401
 from airflow.providers.google.cloud.hooks.gcs import GCSHook  # noqa: F401
 
-from airflow_tfcascade import GCP_CONN_ID, TfcascadeRunOperator, input_ready, plan_task
+from airflow_tfcascade import (GCP_CONN_ID, TfcascadeReportOperator, TfcascadeRunOperator,
+                               input_ready, plan_task)
 
 DAG_ID = "tfcascade_nightly"
 # Dataflow flags besides the required settings; the run's extra_args replace them.
@@ -96,4 +99,12 @@ with DAG(
       poll_interval_s=60,
       execution_timeout=datetime.timedelta(hours=8),
   )
-  wait_for_input(plan.output) >> score
+  # The date's report beside its output, compared with the day before's; a
+  # flagged drift fails this task without retry (airflow_tfcascade.py).
+  report = TfcascadeReportOperator(
+      task_id="report",
+      plan=plan.output,
+      gcp_conn_id=GCP_CONN_ID,
+      execution_timeout=datetime.timedelta(minutes=30),
+  )
+  wait_for_input(plan.output) >> score >> report

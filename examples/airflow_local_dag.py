@@ -3,6 +3,7 @@
 Every night at 02:15 UTC it scores the day before into that date's folder:
 
   plan --> wait_for_input --> score (`tfcascade run`, waits for its exit code)
+       --> report (`tfcascade report --compare <the day before>`; drift fails it)
 
 What each step does, and what each exit code does, is in airflow_tfcascade.py
 (copy it beside this file) and docs/scheduling.md. Tested under Airflow 3.3.2
@@ -27,7 +28,8 @@ import datetime
 from airflow.sdk import DAG, CronDataIntervalTimetable, Param, task
 from airflow.providers.standard.operators.python import PythonOperator
 
-from airflow_tfcascade import TfcascadeRunOperator, input_ready, plan_task
+from airflow_tfcascade import (TfcascadeReportOperator, TfcascadeRunOperator, input_ready,
+                               plan_task)
 
 DAG_ID = "tfcascade_nightly_local"
 
@@ -73,4 +75,11 @@ with DAG(
       plan=plan.output,
       execution_timeout=datetime.timedelta(hours=6),
   )
-  wait_for_input(plan.output) >> score
+  # The date's report beside its output, compared with the day before's; a
+  # flagged drift fails this task without retry (airflow_tfcascade.py).
+  report = TfcascadeReportOperator(
+      task_id="report",
+      plan=plan.output,
+      execution_timeout=datetime.timedelta(minutes=30),
+  )
+  wait_for_input(plan.output) >> score >> report

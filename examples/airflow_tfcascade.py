@@ -13,7 +13,7 @@ against the CLI.
 
 Per DAG run (one date):
 
-  plan --> wait_for_input --> score
+  plan --> wait_for_input --> score --> report
   - plan: the date to score and every path, from the run's params and the
     Airflow Variable named like the DAG (JSON); a missing setting, a leftover
     placeholder (YOUR_...), a relative path or a date that has not ended fails
@@ -29,6 +29,12 @@ Per DAG run (one date):
       2 -> `_SUCCESS` there (completed meanwhile) -> success; otherwise a
            refusal (config, no input, ...) -> failed, NO retry;
       1 or killed -> failed, Airflow retries.
+  - report: `tfcascade report <output> --out <output>.report.html`, with
+    `--compare <the day before's output> --fail-on-drift` when that output
+    is complete (docs/report.md): the HTML is kept beside the date's output.
+    A flagged drift (exit 1 with a `tfcascade: drift:` line) fails the task
+    WITHOUT retry, so nothing downstream reads a drifted date before someone
+    looked; a refused report (exit 2) likewise; anything else is retried.
 """
 
 from __future__ import annotations
@@ -175,6 +181,37 @@ def fill(path: str, date: str) -> str:
   return path.replace("{run_date}", date)
 
 
+def report_path(output_path: str) -> str:
+  """Where a date's report goes: beside its output folder (the CLI's default)."""
+  return output_path + ".report.html"
+
+
+def report_command(plan: Mapping[str, Any], compare: bool) -> List[str]:
+  """`tfcascade report` of the plan's output; with `compare`, against the
+  day before's output, failing on drift."""
+  command = [plan["tfcascade_bin"], "report", plan["output_path"],
+             "--out", report_path(plan["output_path"])]
+  if compare:
+    command += ["--compare", plan["previous_output_path"], "--fail-on-drift"]
+  return command
+
+
+def interpret_report_exit(rc: int, tail: Sequence[str]) -> str:
+  """What `tfcascade report`'s exit means: 'done', 'drift', 'refused' or
+  'retry' (1 without a drift line is an unexpected error)."""
+  if rc == EXIT_OK:
+    return "done"
+  if rc == EXIT_FAILED and any(line.startswith("tfcascade: drift:") for line in tail):
+    return "drift"
+  return "refused" if rc == EXIT_REFUSED else "retry"
+
+
+def last_error_line(tail: Sequence[str]) -> str:
+  """The CLI's one-line error (`tfcascade: ...`), else its last line."""
+  return next((l for l in reversed(tail) if l.startswith("tfcascade:")),
+              tail[-1] if tail else "")
+
+
 def make_plan(dag_id: str, params: Mapping[str, Any], variable: Optional[Mapping[str, Any]],
               logical_date: Optional[datetime.datetime], now: datetime.datetime,
               dataflow: bool = False) -> Dict[str, Any]:
@@ -189,6 +226,8 @@ def make_plan(dag_id: str, params: Mapping[str, Any], variable: Optional[Mapping
   if not isinstance(extra_args, list) or not all(isinstance(a, str) for a in extra_args):
     raise PlanError(f"extra_args={extra_args!r}: expected a list of strings")
   output_path = fill(settings["output_path"], date).rstrip("/")
+  previous_date = (datetime.date.fromisoformat(date) - datetime.timedelta(days=1)).isoformat()
+  previous_output = fill(settings["output_path"], previous_date).rstrip("/")
   plan = {
       "run_date": date,
       "overwrite": overwrite,
@@ -196,6 +235,10 @@ def make_plan(dag_id: str, params: Mapping[str, Any], variable: Optional[Mapping
       "output_path": output_path,
       "success_path": f"{output_path}/{SUCCESS}",
       "command": build_command(settings, date, overwrite, extra_args, dataflow),
+      "tfcascade_bin": settings["tfcascade_bin"],
+      "previous_output_path": previous_output,
+      "previous_success_path": f"{previous_output}/{SUCCESS}",
+      "report_path": report_path(output_path),
   }
   if dataflow:
     plan.update(job_name=job_name(date), project=settings["project"],
@@ -360,8 +403,7 @@ if airflow is not None:
           return {"run_date": plan["run_date"], "ran": False, "exit_code": None}
         rc, tail = self._run(plan["command"])
         verdict = interpret_exit(rc, self._complete(plan), plan["overwrite"])
-        last = next((l for l in reversed(tail) if l.startswith("tfcascade:")),
-                    tail[-1] if tail else "")
+        last = last_error_line(tail)
         if verdict == "done":
           if rc == EXIT_REFUSED:
             self.log.info("exit 2 but %s is complete: another run completed it", plan["output_path"])
@@ -462,3 +504,43 @@ if airflow is not None:
         jobs = active_dataflow_jobs(service, plan["project"], plan["region"], plan["job_name"])
         self.log.info("cancelling Dataflow job(s) %s", [j.get("id") for j in jobs])
         cancel_dataflow_jobs(service, plan["project"], plan["region"], jobs)
+
+  class TfcascadeReportOperator(BaseOperator):
+    """Writes the date's report beside its output, compared with the day
+    before's when that is complete; a flagged drift fails without retry."""
+
+    template_fields = ("plan",)
+    ui_color = "#fff2cc"
+
+    def __init__(self, *, plan, gcp_conn_id: str = GCP_CONN_ID, **kwargs):
+      super().__init__(**kwargs)
+      self.plan = plan
+      self.gcp_conn_id = gcp_conn_id
+
+    def execute(self, context) -> Dict[str, Any]:
+      plan = self.plan
+      compare = exists(plan["previous_success_path"], self.gcp_conn_id)
+      if not compare:
+        self.log.info("%s is not a complete output: reporting without a comparison",
+                      plan["previous_output_path"])
+      command = report_command(plan, compare)
+      self.log.info("running: %s", " ".join(command))
+      done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, errors="replace", check=False)
+      tail = done.stdout.splitlines()
+      for line in tail:
+        self.log.info("%s", line)
+      verdict = interpret_report_exit(done.returncode, tail)
+      if verdict == "drift":
+        raise AirflowFailException(
+            f"drift against {plan['previous_output_path']}, not retrying: "
+            f"{last_error_line(tail)}\nLook at {plan['report_path']}; clear this task "
+            f"once the date may be used.")
+      if verdict == "refused":
+        raise AirflowFailException(f"tfcascade refused the report (exit 2), not retrying: "
+                                   f"{last_error_line(tail)}")
+      if verdict == "retry":
+        raise AirflowException(f"tfcascade report failed (exit {done.returncode}): "
+                               f"{last_error_line(tail)}")
+      return {"run_date": plan["run_date"], "report": plan["report_path"],
+              "compared_with": plan["previous_output_path"] if compare else None}

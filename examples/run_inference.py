@@ -40,12 +40,15 @@ class Refused(Exception):
 
 
 def to_row(result) -> dict:
-  """A PredictionResult of the demo cascade -> one small JSON-able dict."""
+  """A PredictionResult of the demo cascade -> one small JSON-able dict.
+
+  The answer is the engine's own `final/prediction` (B's where B ran, else
+  A's: the last stage that ran on the row; `output.final` in docs/reference.md).
+  """
   out = result.inference
-  ran = int(out["b/ran"])
-  answer = int(out["b/prediction"] if ran else out["a/prediction"])
   return {"id": out["passthrough/id"].decode(), "label": int(out["passthrough/label"]),
-          "a": int(out["a/prediction"]), "b_ran": ran, "answer": answer}
+          "a": int(out["a/prediction"]), "b_ran": int(out["b/ran"]),
+          "answer": int(out["final/prediction"])}
 
 
 def run(argv: Optional[List[str]] = None) -> dict:

@@ -14,13 +14,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 from typing import Dict, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from tfcascade.pipeline import failure_cause, local_workers, prism_runner, progress, run_start
+from tfcascade.pipeline import (failure_cause, local_workers, prism_runner, progress, run_start,
+                                worker_pool)
 from tfcascade.pipeline.config import JobConfig
 from tfcascade.pipeline.run_plan import Preflight, predictions_suffix, preflight, run_info
 from tfcascade.transforms.accounting import RunCounts
@@ -167,7 +167,7 @@ def run(config: JobConfig, beam_args: Sequence[str] = (), overwrite: bool = Fals
                                                  detached=detached, resume=resume)
   choice = None
   if ours:  # the DirectRunner on this machine: how many processes
-    units = _units(pre, config.input.split_bytes)
+    units = local_workers.units_of(pre.files, config.input.split_bytes)
     left = max(units - len(resumed.commits), 0)  # a resumed run scores the rest
     choice = local_workers.choose(sum(f.size for f in pre.files) * left // max(units, 1),
                                   left, local_workers.requested(beam_args))
@@ -177,9 +177,9 @@ def run(config: JobConfig, beam_args: Sequence[str] = (), overwrite: bool = Fals
     workers = None
     runner_name = standard.runner
     if choice and choice.workers > 1:
-      workers = stack.enter_context(local_workers.WarmWorkers(choice.workers))
+      workers = stack.enter_context(worker_pool.WarmWorkers(choice.workers))
       runner_name = f"{standard.runner} ({choice.workers} worker processes)"
-    pipeline = beam.Pipeline(runner=workers and local_workers.runner(workers),
+    pipeline = beam.Pipeline(runner=workers and worker_pool.runner(workers),
                              options=options)
     build_pipeline(pipeline, config, pre, run_staging,
                    run_info(config, pre, runner_name, run_staging.run_id), resumed,
@@ -195,19 +195,12 @@ def run(config: JobConfig, beam_args: Sequence[str] = (), overwrite: bool = Fals
           state = result.wait_until_finish()
         except KeyboardInterrupt:
           if workers is not None and workers.lost:  # the watchdog's interrupt
-            raise local_workers.WorkerLostError(workers.lost) from None
+            raise worker_pool.WorkerLostError(workers.lost) from None
           raise
       except BaseException as e:
         run_start.mark_ended(run_staging, f"failed: {failure_cause.of(e)[0]}")
         raise
   return _judge(config.output_path, run_staging, result, state)
-
-
-def _units(pre: Preflight, split_bytes: int) -> int:
-  """How many units the input makes (as PlanUnits will split it, without
-  reading the files' indexes): a compressed file is one."""
-  return sum(1 if f.compression != "none" else max(1, math.ceil(f.size / split_bytes))
-             for f in pre.files)
 
 
 def _judge(output_path: str, run_staging, result, state) -> dict:

@@ -1,4 +1,4 @@
-"""The `tfcascade` command line: run, validate, inspect, demo.
+"""The `tfcascade` command line: run, validate, inspect, tune, report, demo.
 
 Exit codes (pipeline/exit_codes.py): 0 success; 1 the run failed or records
 did not add up; 2 the config, inputs, checkpoints or output directory were
@@ -24,6 +24,7 @@ examples:
   tfcascade inspect 'demo/data/*.tfrecord.gz'
   tfcascade inspect out/predictions      (an output directory)
   tfcascade tune --config configs/local.yaml --label label --sample 20000 --out tune
+  tfcascade report out/predictions --compare out/yesterday --fail-on-drift
 """
 
 
@@ -118,11 +119,30 @@ def _parser() -> argparse.ArgumentParser:
                          "its output 'prediction', else argmax of 'probs', else of "
                          "'logits')")
 
+  report = commands.add_parser(
+      "report", help="an HTML report of a complete run, compared with a previous one",
+      description="Write one self-contained HTML page about a complete output: counts, "
+                  "stages and gate pass shares, histograms of the scored outputs (recorded "
+                  "by the job), dead letters, throughput, model fingerprints. --compare "
+                  "adds a drift table against a previous output (docs/report.md).")
+  report.add_argument("output", metavar="OUTPUT", help="a complete output directory")
+  report.add_argument("--compare", default=None, metavar="PREVIOUS_OUTPUT",
+                      help="a previous complete output to compare with (drift table)")
+  report.add_argument("--out", default=None, metavar="FILE",
+                      help="where the HTML goes (default: OUTPUT.report.html, beside "
+                           "the output folder)")
+  report.add_argument("--fail-on-drift", dest="fail_on_drift", action="store_true",
+                      help="exit 1 when a drift row is flagged (needs --compare)")
+
   demo = commands.add_parser("demo", help="train the demo models and write the demo data")
   demo.add_argument("--out", required=True, help="directory to create")
   demo.add_argument("--records", type=int, default=200_000)
   demo.add_argument("--shards", type=int, default=8)
   demo.add_argument("--seed", type=int, default=0)
+  demo.add_argument("--shift", type=float, default=0.0, metavar="S",
+                    help="0..1: wash the scoring data out (lower contrast, add noise) "
+                         "as an upstream change would; the models stay the same. For "
+                         "trying `tfcascade report --compare` (docs/report.md)")
   return parser
 
 
@@ -140,7 +160,13 @@ def main(argv: Optional[List[str]] = None) -> int:
   # TensorFlow's C++ start-up lines only with --verbose (or the user's own
   # TF_CPP_MIN_LOG_LEVEL): before anything imports TensorFlow.
   from tfcascade.pipeline.quiet import quiet_tensorflow  # pylint: disable=g-import-not-at-top
-  quiet_tensorflow(verbose)
+  if args.command == "run" and args.engine == "beam":
+    # The default run's worker processes, started before TensorFlow loads
+    # here, load it meanwhile (none for a small input or a chosen runner).
+    from tfcascade.pipeline import local_workers  # pylint: disable=g-import-not-at-top
+    local_workers.prestart(args.config, args.overrides, extra, verbose)
+  if args.command != "report":  # the report reads JSON: no TensorFlow (6 s) needed
+    quiet_tensorflow(verbose)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   for noisy in ("apache_beam", "tensorflow", "absl", "matplotlib", "py4j"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -151,11 +177,15 @@ def main(argv: Optional[List[str]] = None) -> int:
       if getattr(log_handler, "stream", None) in (sys.stderr, sys.__stderr__):
         log_handler.addFilter(_without_traceback)
   try:
-    from tfcascade.pipeline import commands  # pylint: disable=g-import-not-at-top; keeps --help fast
-    handler = {"run": commands.run, "validate": commands.validate,
-               "inspect": commands.inspect, "demo": commands.demo,
-               "tune": commands.tune}[args.command]
-    code = handler(args, extra)
+    if args.command == "report":  # reads JSON, draws: without TensorFlow (6 s)
+      from tfcascade.pipeline.runreport.report_command import command  # pylint: disable=g-import-not-at-top
+      code = command(args)
+    else:
+      from tfcascade.pipeline import commands  # pylint: disable=g-import-not-at-top; keeps --help fast
+      handler = {"run": commands.run, "validate": commands.validate,
+                 "inspect": commands.inspect, "demo": commands.demo,
+                 "tune": commands.tune}[args.command]
+      code = handler(args, extra)
     sys.stdout.flush()  # here, where a closed pipe can still be caught
     return code
   except KeyboardInterrupt:

@@ -49,8 +49,9 @@ def _print_plan(config, pre) -> None:
   for p in pre.plan:
     gate = f", runs if {p.gate}" if p.gate else ""
     print(f"stage {p.name} [scope {p.scope}{gate}]: {p.source}")
-    print(f"  checkpoint {p.checkpoint} ({p.fingerprint[:19]}..., "
-          f"global_step {p.global_step})")
+    if p.checkpoint:  # a combine stage has none (its restore_text says so)
+      print(f"  checkpoint {p.checkpoint} ({p.fingerprint[:19]}..., "
+            f"global_step {p.global_step})")
     print(f"  {p.restore_text()}")
     print(f"  inputs {p.inputs} -> outputs {sorted(p.outputs)}")
   print(f"output: {config.output_path} ({config.output.format}, "
@@ -60,7 +61,8 @@ def _print_plan(config, pre) -> None:
 
 
 def _preflight(config):
-  from tfcascade.pipeline.run_plan import PreflightError, preflight  # pylint: disable=g-import-not-at-top
+  from tfcascade.pipeline.input_files import PreflightError  # pylint: disable=g-import-not-at-top
+  from tfcascade.pipeline.run_plan import preflight  # pylint: disable=g-import-not-at-top
   from tfcascade.transforms.engine import CascadeError  # pylint: disable=g-import-not-at-top
   try:
     return preflight(config), None
@@ -234,7 +236,8 @@ def demo(args, _) -> int:
   except ImportError as e:
     return _refused(f"the demo needs scikit-learn (pip install '.[demo]'): {e}")
   try:
-    report = build_demo(args.out, records=args.records, shards=args.shards, seed=args.seed)
+    report = build_demo(args.out, records=args.records, shards=args.shards, seed=args.seed,
+                        shift=args.shift)
   except DemoError as e:  # an --out holding files the demo did not write
     return _refused(str(e))
   except OSError as e:  # a path under --out that cannot be written

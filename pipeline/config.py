@@ -10,6 +10,7 @@ can name.
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import posixpath
 from typing import Dict, List, Literal, Optional, Sequence, Tuple, Union
@@ -19,9 +20,10 @@ import yaml
 
 from tfcascade.transforms.writing.encoders import ENCODERS
 from tfcascade.transforms.writing.parquet_writer import PARQUET_CODECS
-from tfcascade.transforms.engine.spec import (DEVICES, FEATURE_DTYPES, SOURCE_TYPES,
-                                    CascadeSpec, FeatureSpec, ModelSource,
-                                    SessionSpec, StageSpec)
+from tfcascade.transforms.engine.spec import (COMBINE_OPS, DEVICES, FEATURE_DTYPES,
+                                              SOURCE_TYPES, CascadeSpec, CombineSpec,
+                                              FeatureSpec, ModelSource, SessionSpec,
+                                              StageSpec, combine_stage)
 from tfcascade.transforms.formats.tfrecord_framing import (COMPRESSIONS, DEFAULT_BATCH_BYTES,
                                                       DEFAULT_MAX_RECORD_BYTES)
 
@@ -70,8 +72,36 @@ class Input(_Model):
     return [self.pattern] if isinstance(self.pattern, str) else list(self.pattern)
 
 
+class Combine(_Model):
+  """A combine stage's `combine:` (engine.combine): no model, no checkpoint."""
+  op: Literal[COMBINE_OPS]
+  inputs: List[str] = pydantic.Field(min_length=2)
+  weights: Optional[List[float]] = None
+
+  @pydantic.model_validator(mode="after")
+  def _weights_fit(self):
+    for ref in self.inputs:
+      head, _, tail = ref.partition(".")
+      if not head or not tail:
+        raise ValueError(f"input {ref!r}: expected <stage>.<output>")
+    if self.op != "weighted_mean":
+      if self.weights is not None:
+        raise ValueError(f"weights are for op weighted_mean, not {self.op}")
+      return self
+    if self.weights is None or len(self.weights) != len(self.inputs):
+      raise ValueError(f"op weighted_mean needs one weight per input: "
+                       f"{len(self.inputs)} inputs, weights {self.weights}")
+    if not all(w >= 0 and math.isfinite(w) for w in self.weights) or not sum(self.weights):
+      raise ValueError(f"weights {self.weights} must be >= 0, not all 0")
+    return self
+
+  def spec(self) -> CombineSpec:
+    return CombineSpec(self.op, tuple(self.inputs), tuple(self.weights or ()))
+
+
 class Stage(_Model):
   name: str = pydantic.Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+  combine: Optional[Combine] = None
   checkpoint: Optional[str] = None
   # One field per entry of SOURCE_TYPES, holding that source's ref; give one.
   meta_graph: Optional[str] = None
@@ -80,8 +110,8 @@ class Stage(_Model):
   tags: Tuple[str, ...] = ("serve",)
   signature: str = "serving_default"
   scope: Optional[str] = None
-  inputs: Dict[str, str]
-  outputs: Dict[str, str]
+  inputs: Dict[str, str] = {}
+  outputs: Dict[str, str] = {}
   run_if: Optional[str] = None
   fill_value: float = 0.0
 
@@ -93,8 +123,16 @@ class Stage(_Model):
   @pydantic.model_validator(mode="after")
   def _one_source(self):
     given = self.source_types
+    if self.combine is not None:
+      extra = given + [k for k in ("checkpoint", "scope", "inputs", "outputs")
+                       if getattr(self, k)]
+      if extra:
+        raise ValueError(f"a combine stage has no model: drop {', '.join(extra)} "
+                         f"(its inputs are combine.inputs, its outputs probs and "
+                         f"prediction)")
+      return self
     if len(given) != 1:
-      raise ValueError(f"give exactly one of {', '.join(SOURCE_TYPES)} "
+      raise ValueError(f"give exactly one of {', '.join(SOURCE_TYPES)}, or combine "
                        f"(got {given or 'none'})")
     if not self.saved_model and not self.checkpoint:
       raise ValueError("checkpoint is required (a prefix or a directory)")
@@ -111,6 +149,16 @@ class Output(_Model):
   compression: Literal[PARQUET_CODECS] = "none"
   passthrough: Tuple[str, ...] = ()
   num_shards: pydantic.NonNegativeInt = 0  # 0: the runner decides
+  # The final answer's outputs (`final/<output>`, `final/stage`): true: the
+  # default ones (engine.final_answer); false or []: none; a list: these.
+  final: Union[bool, List[str]] = True
+
+  @property
+  def final_outputs(self) -> Optional[Tuple[str, ...]]:
+    """CascadeSpec.final: None for the default, () for none."""
+    if self.final is True:
+      return None
+    return tuple(self.final or ())
 
   @pydantic.model_validator(mode="before")
   @classmethod
@@ -197,6 +245,9 @@ class JobConfig(_Model):
                      for name, f in self.input.features.items())
     stages = []
     for s in self.stages:
+      if s.combine is not None:
+        stages.append(combine_stage(s.name, s.combine.spec(), s.run_if, s.fill_value))
+        continue
       source_type = s.source_types[0]
       stages.append(StageSpec(
           name=s.name,
@@ -214,7 +265,7 @@ class JobConfig(_Model):
     # for records lacking them) and undeclared ones are copied raw.
     parsed = tuple(n for n in self.output.passthrough
                    if n in self.input.features and self.input.features[n].default is None)
-    return CascadeSpec(features, tuple(stages), session, parsed)
+    return CascadeSpec(features, tuple(stages), session, parsed, self.output.final_outputs)
 
   @property
   def input_patterns(self) -> List[str]:

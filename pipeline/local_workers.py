@@ -1,4 +1,5 @@
-"""Every core of this machine by default: warm worker processes for Beam.
+"""Every core of this machine by default: how many worker processes, and
+starting them before the launcher has even imported TensorFlow.
 
 `tfcascade run` with no runner flags scores on the DirectRunner's FnApiRunner
 with one worker process per core (os.sched_getaffinity), unless the input is
@@ -6,47 +7,31 @@ too small to pay for them, and says what it chose. Beam's own
 `--direct_running_mode=multi_processing` starts each worker only when its
 first bundle comes, and the worker then imports Beam's harness and
 TensorFlow and restores the models before it scores a row: ~9 s on a 2-core
-machine, most of the time it could save at 3M light rows
-(docs/performance.md). Here the workers are started as soon as the launcher
-knows it wants them and load everything while the launcher finishes its
-preflight; the runner then reaches them as an EXTERNAL environment (Beam's
-worker-pool protocol, `BeamFnExternalWorkerPool.StartWorker`) served by the
-small pool below, which hands each request to the next loaded process.
+machine, most of what it could save at 3M light rows (docs/performance.md).
+Here the CLI calls `prestart` first thing: it reads the config and lists the
+input (no TensorFlow needed), and when the run will want workers starts them
+(transforms.beam.warm_worker), so that they load while the launcher imports
+TF and plans; pipeline.worker_pool then hands them to the runner.
 
-A worker that dies (a crash, the OOM killer) is noticed by a watchdog, which
-interrupts the launcher's wait: the run fails with WorkerLostError (exit 1)
-instead of waiting for a worker that will never answer.
+Nothing here imports Beam or TensorFlow: it runs before either is loaded.
 """
 
 from __future__ import annotations
 
-import _thread
-import concurrent.futures
 import dataclasses
-import logging
+import math
 import os
 import subprocess
 import sys
-import threading
 from typing import List, Optional, Sequence
 
-import grpc
-from apache_beam.portability.api import beam_fn_api_pb2, beam_fn_api_pb2_grpc
-from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-from apache_beam.transforms import environments
-
-_LOG = logging.getLogger("tfcascade")
+from tfcascade.pipeline import quiet
 
 # Below this much input (compressed bytes on disk), one process: extra
 # processes cost ~1-3 s each to load on a 2-core machine, which only a few
 # hundred thousand light rows repay (docs/performance.md, measured).
 MIN_INPUT_BYTES = 64 << 20
 _WORKER_MODULE = "tfcascade.transforms.beam.warm_worker"
-_READY_TIMEOUT_S = 300.0
-
-
-class WorkerLostError(RuntimeError):
-  """A worker process of this run ended while the job was running."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +63,8 @@ def requested(beam_args: Sequence[str]) -> Optional[int]:
 def ours_to_choose(beam_args: Sequence[str]) -> bool:
   """True unless the flags pick a runner, Beam's own running mode or an
   environment (then Beam starts the workers, as it is told)."""
-  names = ("--runner", "--direct_running_mode", "--environment_type")
+  names = ("--runner", "--direct_running_mode", "--environment_type",
+           "--dry_run", "--template_location")
   return not any(a == n or a.startswith(n + "=") for a in beam_args for n in names)
 
 
@@ -103,116 +89,53 @@ def choose(input_bytes: int, units: int, wanted: Optional[int] = None,
   return Choice(workers, f"with {workers} worker processes ({why})")
 
 
-class WarmWorkers:
-  """`count` warm worker processes and the worker-pool endpoint the runner
-  asks for workers. A context manager: leaving it ends every process."""
-
-  def __init__(self, count: int):
-    self._lock = threading.Lock()
-    self._closing = False
-    self.lost: Optional[str] = None
-    self._procs: List[subprocess.Popen] = [
-        subprocess.Popen([sys.executable, "-m", _WORKER_MODULE], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, text=True)
-        for _ in range(count)]
-    self._idle = list(self._procs)
-    self._server = grpc.server(concurrent.futures.ThreadPoolExecutor(2))
-    beam_fn_api_pb2_grpc.add_BeamFnExternalWorkerPoolServicer_to_server(
-        _PoolServicer(self), self._server)
-    port = self._server.add_insecure_port("127.0.0.1:0")  # loopback only
-    self._server.start()
-    self.endpoint = f"127.0.0.1:{port}"
-    self._watchdog = threading.Thread(target=self._watch, daemon=True,
-                                      name="tfcascade-worker-watchdog")
-
-  def __enter__(self) -> "WarmWorkers":
-    self._watchdog.start()
-    return self
-
-  def __exit__(self, exc_type, *_) -> None:
-    self.close(kill=exc_type is not None)
-
-  def hand_out(self, control_url: str, worker_id: str) -> str:
-    """Gives the next loaded process the runner's request; '' or an error."""
-    with self._lock:
-      if not self._idle:
-        return f"no idle worker process left (all {len(self._procs)} in use)"
-      proc = self._idle.pop(0)
-    if proc.stdout.readline().strip() != "ready":  # blocks until it has loaded
-      return f"worker process {proc.pid} failed to start (exit code {proc.wait()})"
-    proc.stdin.write(f"{control_url} {worker_id}\n")
-    proc.stdin.flush()
-    return ""
-
-  def _watch(self) -> None:
-    """Interrupts the launcher's wait when a worker dies mid-run."""
-    for proc in self._procs:
-      threading.Thread(target=self._await, args=(proc,), daemon=True).start()
-
-  def _await(self, proc: subprocess.Popen) -> None:
-    code = proc.wait()
-    with self._lock:
-      if self._closing or code == 0 or self.lost:
-        return
-      self.lost = (f"worker process {proc.pid} ended with exit code {code} while the "
-                   f"job was running" + (" (killed: out of memory?)" if code == -9 else ""))
-    # The runner's threads now fail on the broken streams; the launcher's
-    # one line (WorkerLostError) says why, so theirs are not shown.
-    logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
-    threading.excepthook = _unshown
-    _thread.interrupt_main()
-
-  def close(self, kill: bool = False) -> None:
-    """Ends every process: those never handed out at once (EOF), the rest
-    when the runner has closed their control stream, or now if `kill` (the
-    run failed or was interrupted: nobody will close it)."""
-    with self._lock:
-      self._closing = True
-    self._server.stop(0)
-    for proc in self._procs:
-      if kill:
-        proc.kill()
-      try:
-        proc.stdin.close()
-      except OSError:
-        pass
-    for proc in self._procs:
-      try:
-        proc.wait(timeout=30)
-      except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-      proc.stdout.close()
+def units_of(files, split_bytes: int) -> int:
+  """How many units the input files make (as ScoreUnits' PlanUnits will
+  split them, without reading their indexes): a compressed file is one."""
+  return sum(1 if f.compression != "none" else max(1, math.ceil(f.size / split_bytes))
+             for f in files)
 
 
-def _unshown(args) -> None:
-  _LOG.debug("after a lost worker, in thread %s", args.thread and args.thread.name,
-             exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+_PRESTARTED: List[subprocess.Popen] = []
 
 
-class _PoolServicer(beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolServicer):
-  """Beam's worker-pool service, handing requests to WarmWorkers."""
-
-  def __init__(self, workers: WarmWorkers):
-    self._workers = workers
-
-  def StartWorker(self, request, context):  # pylint: disable=invalid-name
-    error = self._workers.hand_out(request.control_endpoint.url, request.worker_id)
-    return beam_fn_api_pb2.StartWorkerResponse(error=error)
-
-  def StopWorker(self, request, context):  # pylint: disable=invalid-name
-    return beam_fn_api_pb2.StopWorkerResponse()
+def _start(count: int, env: Optional[dict] = None) -> List[subprocess.Popen]:
+  return [subprocess.Popen([sys.executable, "-m", _WORKER_MODULE], stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, text=True, env=env)
+          for _ in range(count)]
 
 
-def _not_the_mode_warning(record: logging.LogRecord) -> bool:
-  # FnApiRunner warns that several workers want direct_running_mode
-  # multi_processing: that mode would replace our environment with its own.
-  return "direct_running_mode should be" not in record.getMessage()
+def prestart(config_path: str, overrides: Sequence[str], beam_args: Sequence[str],
+             verbose: bool) -> None:
+  """Starts the worker processes the run will choose, now (quiet as the CLI
+  will be: pipeline.quiet). Anything wrong (the config, the input) is left
+  for the launcher's own checks to say."""
+  if not ours_to_choose(beam_args):
+    return
+  # pylint: disable=g-import-not-at-top; TF-free, but only for `run`
+  from tfcascade.pipeline.config import load_config
+  from tfcascade.pipeline.input_files import match_inputs
+  # pylint: enable=g-import-not-at-top
+  try:
+    config = load_config(config_path, overrides)
+    files = match_inputs(config)
+    wanted = requested(beam_args)
+  except Exception:  # pylint: disable=broad-except; reported by the launcher's checks
+    return
+  choice = choose(sum(f.size for f in files), units_of(files, config.input.split_bytes),
+                  wanted)
+  if choice.workers > 1:
+    env = dict(os.environ)
+    if not verbose:
+      env.setdefault("TF_CPP_MIN_LOG_LEVEL", quiet.LEVEL)
+    _PRESTARTED.extend(_start(choice.workers, env))
 
 
-def runner(workers: WarmWorkers) -> FnApiRunner:
-  """The DirectRunner's FnApiRunner, its workers reached through `workers`."""
-  fn_runner_log = logging.getLogger(FnApiRunner.__module__)
-  if _not_the_mode_warning not in fn_runner_log.filters:
-    fn_runner_log.addFilter(_not_the_mode_warning)
-  return FnApiRunner(default_environment=environments.ExternalEnvironment(workers.endpoint))
+def processes(count: int) -> List[subprocess.Popen]:
+  """`count` worker processes: those prestarted first, new ones for the rest;
+  prestarted ones beyond `count` (a resumed run needs fewer) are ended."""
+  taken, extra = _PRESTARTED[:count], _PRESTARTED[count:]
+  _PRESTARTED.clear()
+  for proc in extra:
+    proc.stdin.close()  # EOF: it exits once loaded
+  return taken + _start(count - len(taken))

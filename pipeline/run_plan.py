@@ -16,15 +16,10 @@ import time
 from typing import Dict, List
 
 from tfcascade.pipeline.config import JobConfig
+from tfcascade.pipeline.input_files import match_inputs
 from tfcascade.transforms.engine import CascadeSpec, build_cascade_graph, pin_models
-from tfcascade.transforms.formats import tfrecord_framing as framing
-from tfcascade.transforms.paths import match_input
-from tfcascade.transforms.reading.record_ranges import InputFile, open_raw
+from tfcascade.transforms.reading.record_ranges import InputFile
 from tfcascade.transforms.writing.parquet_writer import PARQUET_SUFFIX
-
-
-class PreflightError(RuntimeError):
-  """A problem found before any data is processed; names the culprit."""
 
 
 @dataclasses.dataclass
@@ -43,34 +38,6 @@ class Preflight:
   warnings: List[str]
   spec: CascadeSpec
   run_key: Dict[str, str]
-
-
-def match_inputs(config: JobConfig) -> List[InputFile]:
-  """Expands the input patterns and pins each file (size, modification time);
-  every pattern must match a file.
-
-  Raises:
-    PreflightError: naming each pattern that matched nothing.
-  """
-  files, empty = {}, []
-  for pattern in config.input_patterns:
-    try:
-      found = match_input(pattern)  # docs/reference.md: input.pattern
-    except Exception as e:  # BeamIOError wraps the filesystem's own error
-      raise PreflightError(f"input.pattern {pattern!r}: cannot list: {e}") from e
-    found = [m for m in found if not m.path.endswith(".idx")]
-    if not found:
-      empty.append(pattern)
-    for m in found:
-      files[m.path] = (m.size_in_bytes, float(m.last_updated_in_seconds or 0.0))
-  if empty:
-    raise PreflightError("input.pattern matches no file: " + ", ".join(empty))
-  result = []
-  for path, (size, modified) in sorted(files.items()):
-    compression = framing.detect_compression(
-        path, config.input.compression, open_fn=open_raw) if size else "none"
-    result.append(InputFile(path, compression, size, modified))
-  return result
 
 
 def preflight(config: JobConfig) -> Preflight:
@@ -136,12 +103,16 @@ def run_info(config: JobConfig, pre: Preflight, runner: str, run_id: str) -> dic
       "predictions_suffix": predictions_suffix(config),
       "max_dead_letter_fraction": config.dead_letter.max_fraction,
       "run_date": config.run_date.isoformat() if config.run_date else None,
-      "stages": [{"name": p.name, "gate": p.gate or None, "source": p.source,
+      # Each stage's position in the config's stages: the number the final
+      # answer's `final/stage` column holds for it (engine.final_answer).
+      "stages": [{"name": p.name, "position": position, "gate": p.gate or None,
+                  "source": p.source,
                   "checkpoint": p.checkpoint, "fingerprint": p.fingerprint,
                   "global_step": p.global_step,
                   "variables_restored": p.variables_restored,
                   "restored_by": p.restored_by,
                   "variables_read": len(p.read),
                   "restore": p.restore_text(),
-                  "model_files": pinned.get(p.name, {})} for p in pre.plan],
+                  "model_files": pinned.get(p.name, {})}
+                 for position, p in enumerate(pre.plan)],
   }

@@ -75,7 +75,7 @@ def _read_data(out: str):
 
 def test_files_exist(demo):
   out, summary = demo
-  for name in ("a", "b"):
+  for name in ("a", "b", "c"):
     model_dir = os.path.join(out, "models", name)
     prefix = summary["models"][name]["checkpoint"]
     assert os.path.exists(os.path.join(model_dir, "model.meta"))
@@ -386,14 +386,18 @@ def test_the_printed_lines_say_what_was_rebuilt_and_a_true_next_step(
     quick_demo, tmp_path, monkeypatch):
   out, first = quick_demo
   lines = demo_lines(first, out).splitlines()
-  assert "models a and b trained (seed 0); 600 records in 3 file(s)" in lines[0]
+  assert "models a, b and c trained (seed 0); 600 records in 3 file(s)" in lines[0]
+  assert "washed out" not in lines[0]
   assert f"cascade {first['cascade_accuracy']:.2%}" in lines[1]
   config = os.path.join(out, "config.yaml")
   assert lines[-1] == (f"  next: tfcascade validate --config {config}, then tfcascade run "
                        f"--config {config} (it writes "
                        f"{os.path.join(os.path.dirname(out), 'demo-predictions')})")
   kept = build.build_demo(out, records=60, shards=1, steps=QUICK_STEPS)
-  assert "models a and b kept" in demo_lines(kept, out)
+  assert "models a, b and c kept" in demo_lines(kept, out)
+  assert kept["models"]["c"] == first["models"]["c"]  # a kept demo still records c
+  assert demo_lines({**kept, "shift": 0.3}, out).splitlines()[0].endswith(
+      "; data washed out by --shift 0.3")
   same = build.build_demo(out, records=60, shards=1, steps=QUICK_STEPS)
   assert "up to date" in demo_lines(same, out).splitlines()[0]
   # From a checkout's root, ./demo is what configs/local.yaml reads.

@@ -28,6 +28,7 @@ import yaml
 from tfcascade.pipeline import inspection
 from tfcascade.pipeline.cli import main
 from tfcascade.pipeline.inspection import EXPECTED
+from tfcascade.pipeline.inspection.output_dir_info import cascade_report
 from tests import tiny_models as tm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -316,6 +317,23 @@ def test_accuracy_of_tfrecord_and_jsonl_outputs_is_the_demos(demo_runs, capsys):
   code, jsonl, _ = _inspect(demo_runs["root"] / "jsonl", capsys, "--label", "label")
   assert code == 0
   assert _accuracy_block(jsonl) == _accuracy_block(out)
+  # Without run_summary.json the stages come from the columns: `final/*` is
+  # the cascade's answer, not a stage.
+  bare = demo_runs["root"] / "tfrecord_without_summary"
+  shutil.copytree(demo_runs["root"] / "tfrecord", bare)
+  os.remove(bare / "run_summary.json")
+  code, without, _ = _inspect(bare, capsys)
+  assert code == 0 and "stage final" not in without
+  assert _accuracy_block(without) == _accuracy_block(out)
+
+
+def test_the_cascade_accuracy_is_the_outputs_own_final_answer():
+  rows = {"label": np.array([0, 1, 2, 3]), "a/prediction": np.array([0, 1, 0, 0]),
+          "b/prediction": np.array([0, 0, 2, 3]), "b/ran": np.array([0, 0, 1, 1])}
+  assert cascade_report(rows, ["a", "b"], "label")["cascade_accuracy"] == 1.0
+  # Where the output holds final/prediction, that is the answer counted.
+  final = {**rows, "final/prediction": np.array([0, 1, 2, 0])}
+  assert cascade_report(final, ["a", "b"], "label")["cascade_accuracy"] == 0.75
 
 
 @pytest.mark.parametrize("output", ["tfrecord", "jsonl"])

@@ -60,15 +60,19 @@ SCHEMA = [
     ("c/grid", pa.list_(pa.field("element", pa.float32(), nullable=False), 6)),
     ("c/half", pa.list_(pa.field("element", pa.float32(), nullable=False), 2)),
     ("c/name", pa.binary()), ("c/ran", pa.bool_()),
+    # The final answer: c is the only stage with a `prediction`.
+    ("final/prediction", pa.int64()), ("final/stage", pa.int64()),
 ]
 DUCKDB_TYPES = {"id": "BLOB", "label": "BIGINT", "pixels": "FLOAT[]", "patch": "FLOAT[]",
                 "a/logits": "FLOAT[]", "a/confidence": "FLOAT", "b/probs": "FLOAT[]",
                 "b/ran": "BOOLEAN", "c/prediction": "BIGINT", "c/top2": "INTEGER[]",
                 "c/score64": "DOUBLE", "c/positive": "BOOLEAN", "c/grid": "FLOAT[]",
-                "c/half": "FLOAT[]", "c/name": "BLOB", "c/ran": "BOOLEAN"}
+                "c/half": "FLOAT[]", "c/name": "BLOB", "c/ran": "BOOLEAN",
+                "final/prediction": "BIGINT", "final/stage": "BIGINT"}
 PANDAS_SCALAR_DTYPES = {"id": "object", "label": "int64", "a/confidence": "float32",
                         "b/ran": "bool", "c/prediction": "int64", "c/score64": "float64",
-                        "c/positive": "bool", "c/name": "object", "c/ran": "bool"}
+                        "c/positive": "bool", "c/name": "object", "c/ran": "bool",
+                        "final/prediction": "int64", "final/stage": "int64"}
 
 
 def typed_outputs(inputs):
@@ -290,6 +294,9 @@ def test_a_gated_stage_has_a_bool_ran_column_and_its_fill_values(job):
     assert 0.1 <= row["c/score64"] <= 1.0
   for row in (r for r in rows if not r["b/ran"]):
     assert row["b/probs"] == [0.0] * 10
+  for row in rows:  # the final answer: c's (stage 2) where it ran, else none (-1)
+    assert row["final/stage"] == (2 if row["c/ran"] else -1)
+    assert row["final/prediction"] == row["c/prediction"]
 
 
 def test_accounting_and_dead_letters_are_the_same_as_tfrecords(job):

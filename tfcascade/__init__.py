@@ -27,7 +27,7 @@ _PUBLIC = {
     "JobConfig": ("tfcascade.pipeline.config", "JobConfig"),
     "ConfigError": ("tfcascade.pipeline.config", "ConfigError"),
     "validate": ("tfcascade.pipeline.run_plan", "preflight"),
-    "PreflightError": ("tfcascade.pipeline.run_plan", "PreflightError"),
+    "PreflightError": ("tfcascade.pipeline.input_files", "PreflightError"),
     "run": ("tfcascade.pipeline.beam_job", "run"),
     "handler_from_config": ("tfcascade.pipeline.handler_config", "handler_from_config"),
     "CascadeModelHandler": ("tfcascade.transforms.beam.cascade_handler",

@@ -5,7 +5,8 @@ runners may drop or double): the reader counts records read, the scorer rows
 per stage and dead-letter reasons, the writers the files they committed.
 Runners keep the outputs of committed work only, so the sum of every
 `RunCounts` a run emitted is exactly what it did; `publishing.finalize`
-checks `records_read == written + dead_lettered` on that sum.
+checks `records_read == written + dead_lettered` on that sum. The scored
+outputs' histograms (scoring.output_histograms) travel the same way.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 from typing import Iterable, List, NamedTuple
+
+from tfcascade.transforms.scoring.output_histograms import OutputHistograms
 
 
 class WrittenFile(NamedTuple):
@@ -40,6 +43,8 @@ class RunCounts:
     records_resumed: of records_read, those a dead run of the same job had
       already scored (its committed units, adopted by this run).
     sessions_opened: sessions opened (informative: run_metrics.json).
+    histograms: the scored outputs' histograms (run_summary.json, for
+      `tfcascade report`).
   """
   records_read: int = 0
   rows_in: collections.Counter = dataclasses.field(default_factory=_counter)
@@ -49,6 +54,7 @@ class RunCounts:
   files: List[WrittenFile] = dataclasses.field(default_factory=list)
   records_resumed: int = 0
   sessions_opened: int = 0
+  histograms: OutputHistograms = dataclasses.field(default_factory=OutputHistograms)
 
   def add(self, other: "RunCounts") -> "RunCounts":
     """Adds `other` into this one (in place); returns self."""
@@ -60,6 +66,7 @@ class RunCounts:
     self.files.extend(other.files)
     self.records_resumed += other.records_resumed
     self.sessions_opened += other.sessions_opened
+    self.histograms.add(other.histograms)
     return self
 
   @classmethod
@@ -81,7 +88,8 @@ class RunCounts:
             "rows_run": dict(self.rows_run), "dead_reasons": dict(self.dead_reasons),
             "quarantined": dict(self.quarantined),
             "files": [list(f) for f in self.files],
-            "sessions_opened": self.sessions_opened}
+            "sessions_opened": self.sessions_opened,
+            "histograms": self.histograms.to_json()}
 
   @classmethod
   def from_json(cls, data: dict) -> "RunCounts":
@@ -91,4 +99,5 @@ class RunCounts:
                dead_reasons=collections.Counter(data["dead_reasons"]),
                quarantined=collections.Counter(data["quarantined"]),
                files=[WrittenFile(k, p, int(n)) for k, p, n in data["files"]],
-               sessions_opened=int(data.get("sessions_opened", 0)))
+               sessions_opened=int(data.get("sessions_opened", 0)),
+               histograms=OutputHistograms.from_json(data.get("histograms")))

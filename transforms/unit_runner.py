@@ -7,8 +7,9 @@ written into its own staged files, and committed.
 The Beam DoFn and the Spark task both call `run_unit` and differ only in how
 they hold the session and report metrics. A unit's files are its own (unique
 names), so a retried unit never appends to another attempt's file; its
-RunCounts come back as data for this run's accounting, and its commit lets
-the next run of the same output reuse it if this run dies.
+RunCounts (with the histograms of its scored outputs) come back as data for
+this run's accounting, and its commit lets the next run of the same output
+reuse it if this run dies.
 
 Memory: at most two chunks are in flight per unit (one being scored in the
 helper thread, the one before it being encoded and written), each capped in
@@ -86,6 +87,8 @@ def run_unit(scorer: ChunkScorer, task: ReadRange, settings: UnitSettings,
 
   def finish(chunk, inferred):
     scored = scorer.finish(chunk, inferred)
+    for _, result in inferred.parts:  # numpy per part, not per row
+      counts.histograms.record(result.outputs)
     if on_scored is not None:
       on_scored(scored)
     for records, blob in scored.blobs:

@@ -24,7 +24,8 @@ from tfcascade.pipeline.demo import models
 
 # Bump when the models, the data or demo.json change: a demo of another
 # version (or none: written before demo.json said) is rebuilt whole.
-VERSION = 2
+# 3: model C and A's probs:0, for configs/ensemble.yaml.
+VERSION = 3
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -71,7 +72,7 @@ def numpy_scores(a_prefix: str, b_prefix: str, pixels: np.ndarray,
 
 
 def build_demo(out_dir: str, records: int = 200_000, shards: int = 8,
-               seed: int = 0, steps: Optional[int] = None) -> dict:
+               seed: int = 0, steps: Optional[int] = None, shift: float = 0.0) -> dict:
   """Trains the demo models, writes the demo data set, `config.yaml` and
   `demo.json`.
 
@@ -82,13 +83,15 @@ def build_demo(out_dir: str, records: int = 200_000, shards: int = 8,
   too and the demo's files are intact, nothing is rebuilt.
 
   Args:
-    out_dir: writes `models/a`, `models/b`, `data/part-*.tfrecord.gz`,
+    out_dir: writes `models/a`, `models/b`, `models/c`, `data/part-*.tfrecord.gz`,
       `config.yaml` and `demo.json` under it: a new or empty directory, or a
       demo's (nothing else in it).
     records: number of scoring records, at least 1.
     shards: number of data files, 1..records.
     seed: seeds training and data; same arguments, same files.
     steps: optimizer steps per model; None keeps the trainer's default.
+    shift: 0..1, washes the scoring data out (dataset.shifted) for a run
+      that `tfcascade report --compare` flags; the models stay the same.
 
   Returns:
     The contents of `demo.json`, and "rebuilt": "models and data", "data" or
@@ -98,17 +101,24 @@ def build_demo(out_dir: str, records: int = 200_000, shards: int = 8,
     DemoError: a number out of range, or an --out the demo must not replace.
   """
   demo_dir.check_numbers(records, shards, seed)
+  check_shift(shift)
   made_by = {"version": VERSION, "seed": seed,
              "steps": models.TRAIN_STEPS if steps is None else steps}
   previous = demo_dir.previous_demo(out_dir) or {}
   keep_models = (_made_by(previous) == made_by
                  and _models_intact(previous["models"], out_dir))
-  if keep_models and _data_intact(previous, out_dir, records, shards):
+  if keep_models and _data_intact(previous, out_dir, records, shards, shift):
     return {**_located(previous, out_dir), "rebuilt": "nothing"}
   with demo_dir.replaced(out_dir) as staging:
-    summary = _build(staging, out_dir, made_by, records, shards,
+    summary = _build(staging, out_dir, made_by, records, shards, shift,
                      previous if keep_models else None)
   return {**summary, "rebuilt": "data" if keep_models else "models and data"}
+
+
+def check_shift(shift: float) -> None:
+  """Raises DemoError unless 0 <= shift <= 1 (checked before any work)."""
+  if not 0.0 <= shift <= 1.0:
+    raise demo_dir.DemoError(f"--shift must be between 0 and 1 (got {shift:g})")
 
 
 def _made_by(summary: dict) -> dict:
@@ -117,14 +127,16 @@ def _made_by(summary: dict) -> dict:
 
 def _models_intact(entries: dict, out_dir: str) -> bool:
   located = [models.located(entries[name], os.path.join(out_dir, "models", name))
-             for name in ("a", "b")]
+             for name in ("a", "b", "c")]
   return all(os.path.exists(m["checkpoint"] + ".index") and os.path.exists(m["meta_graph"])
              for m in located)
 
 
-def _data_intact(previous: dict, out_dir: str, records: int, shards: int) -> bool:
+def _data_intact(previous: dict, out_dir: str, records: int, shards: int,
+                 shift: float) -> bool:
   """Whether the demo in out_dir holds exactly the data and config it lists."""
-  if (previous["records"], previous["shards"]) != (records, shards):
+  if (previous["records"], previous["shards"], previous.get("shift", 0.0)) != \
+      (records, shards, shift):
     return False
   data_dir = os.path.join(out_dir, "data")
   names = sorted(os.path.basename(f) for f in previous["data"]["files"])
@@ -150,7 +162,7 @@ def _located(summary: dict, out_dir: str) -> dict:
 
 
 def _build(staging: str, out_dir: str, made_by: dict, records: int, shards: int,
-           kept: Optional[dict]) -> dict:
+           shift: float, kept: Optional[dict]) -> dict:
   """Builds the demo in `staging` (swapped in as out_dir afterwards), with
   the models of the `kept` demo.json, if any; returns demo.json's contents."""
   seed = made_by["seed"]
@@ -163,11 +175,12 @@ def _build(staging: str, out_dir: str, made_by: dict, records: int, shards: int,
     trained = models.train_demo_models(models_dir, seed=seed, steps=made_by["steps"])
   t1 = time.perf_counter()
   data = dataset.write_demo_dataset(os.path.join(staging, "data"),
-                                    records=records, shards=shards, seed=seed)
+                                    records=records, shards=shards, seed=seed,
+                                    shift=shift)
   t2 = time.perf_counter()
   # Regenerated rather than read back: same seed, same arrays (the tests
   # check the files against these numbers through TF).
-  _, pixels, labels = dataset.demo_records(records, seed)
+  _, pixels, labels = dataset.demo_records(records, seed, shift)
   a, b = (models.located(trained[name], os.path.join(models_dir, name))
           for name in ("a", "b"))
   scores = numpy_scores(a["checkpoint"], b["checkpoint"], pixels)
@@ -180,13 +193,14 @@ def _build(staging: str, out_dir: str, made_by: dict, records: int, shards: int,
       **made_by,
       "records": records,
       "shards": shards,
+      "shift": shift,
       "confidence_threshold": models.CONFIDENCE_THRESHOLD,
       "a_accuracy": accuracy(scores["a_prediction"]),
       "b_accuracy": accuracy(scores["b_prediction"]),
       "cascade_accuracy": accuracy(scores["cascade_prediction"]),
       "b_share": float(np.mean(scores["b_ran"])),
       "b_rows": int(np.sum(scores["b_ran"])),
-      "models": {"a": trained["a"], "b": trained["b"]},
+      "models": {"a": trained["a"], "b": trained["b"], "c": trained["c"]},
       "data": {"files": data["files"],
                "records_per_file": data["records_per_file"],
                "bytes": data["bytes"]},

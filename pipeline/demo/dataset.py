@@ -4,6 +4,10 @@ Each record is a `tf.train.Example` with `id` (bytes, b"rec-000000123"),
 `pixels` (float_list[64], in [0, 1]) and `label` (int64). Records are split
 over shards in contiguous id ranges, so record i of the whole set is a known
 (shard, index-in-file) pair.
+
+`shift` > 0 writes the same records as an upstream change would hand them
+over (`tfcascade demo --shift S`, for trying `tfcascade report --compare`):
+see `shifted`.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from tfcascade.pipeline.demo import digits
 
 # Keeps the scoring draw a different stream from any training draw.
 _DATA_DRAW = 3_000
+# ... and the shift's noise another one.
+_SHIFT_DRAW = 4_000
 # Each record's features, as a job config declares them.
 FEATURES = {"id": {"dtype": "string"},
             "pixels": {"dtype": "float32", "shape": [digits.NUM_PIXELS]},
@@ -30,13 +36,28 @@ def shard_path(out_dir: str, shard: int, shards: int) -> str:
                       f"part-{shard:05d}-of-{shards:05d}.tfrecord.gz")
 
 
-def demo_records(records: int, seed: int = 0
+def shifted(pixels: np.ndarray, shift: float, seed: int) -> np.ndarray:
+  """`pixels` washed out by `shift` (0..1): the contrast lowered toward
+  mid-grey by that share, plus gaussian noise of standard deviation
+  shift / 4, clipped to [0, 1]; 0 leaves them as they are. Like a camera or
+  upstream encoder change: the models grow unsure (A's confidence falls, so
+  B runs on more rows) and their class mix moves."""
+  if not shift:
+    return pixels
+  rng = np.random.default_rng(seed + _SHIFT_DRAW)
+  washed = (1.0 - shift) * pixels + shift * 0.5
+  noisy = washed + rng.normal(0.0, shift / 4, size=pixels.shape)
+  return np.clip(noisy, 0.0, 1.0).astype(np.float32)
+
+
+def demo_records(records: int, seed: int = 0, shift: float = 0.0
                 ) -> Tuple[List[bytes], np.ndarray, np.ndarray]:
   """The demo data set in memory, exactly as write_demo_dataset writes it.
 
   Args:
     records: number of records.
     seed: seeds the augmentation.
+    shift: washes the pixels out (`shifted`); 0: the usual data.
 
   Returns:
     (ids, pixels float32 [records, 64], labels int64 [records]).
@@ -46,7 +67,7 @@ def demo_records(records: int, seed: int = 0
                                   split.held_out_labels, records,
                                   seed + _DATA_DRAW)
   ids = [b"rec-%09d" % i for i in range(records)]
-  return ids, pixels, labels
+  return ids, shifted(pixels, shift, seed), labels
 
 
 def _shard_bounds(records: int, shards: int) -> List[Tuple[int, int]]:
@@ -55,7 +76,7 @@ def _shard_bounds(records: int, shards: int) -> List[Tuple[int, int]]:
 
 
 def write_demo_dataset(out_dir: str, records: int = 200_000, shards: int = 8,
-                       seed: int = 0) -> dict:
+                       seed: int = 0, shift: float = 0.0) -> dict:
   """Writes `records` Examples over `shards` GZIP TFRecord files.
 
   Args:
@@ -64,9 +85,11 @@ def write_demo_dataset(out_dir: str, records: int = 200_000, shards: int = 8,
     records: number of records in total.
     shards: number of files.
     seed: seeds the augmentation; same arguments, same bytes.
+    shift: washes the pixels out (`shifted`); 0: the usual data.
 
   Returns:
-    {"records", "shards", "files", "records_per_file", "bytes", "seed"}.
+    {"records", "shards", "files", "records_per_file", "bytes", "seed",
+    "shift"}.
 
   Raises:
     ValueError: records < 1, shards outside 1..records, or out_dir not empty.
@@ -77,7 +100,7 @@ def write_demo_dataset(out_dir: str, records: int = 200_000, shards: int = 8,
   os.makedirs(out_dir, exist_ok=True)
   if os.listdir(out_dir):
     raise ValueError(f"{out_dir} is not empty")
-  ids, pixels, labels = demo_records(records, seed)
+  ids, pixels, labels = demo_records(records, seed, shift)
   # One reused message, refilled per record: building a fresh Example tree
   # per record costs several times more than refilling three fields.
   example = tf.train.Example()
@@ -113,4 +136,5 @@ def write_demo_dataset(out_dir: str, records: int = 200_000, shards: int = 8,
       "records_per_file": counts,
       "bytes": sum(os.path.getsize(f) for f in files),
       "seed": seed,
+      "shift": shift,
   }

@@ -1,10 +1,12 @@
-"""Trains and saves the two demo models as TF1-style checkpoints.
+"""Trains and saves the demo models as TF1-style checkpoints.
 
 Model A is a cheap linear softmax classifier on the 64 pixels. Model B is a
 stronger MLP that reads A's logits plus the pixels, and the cascade runs it only
-where A is unsure. Both models deliberately name their first layer
-`dense/kernel` / `dense/bias`, like two separately trained real models would,
-so restoring both into one session exercises variable-collision isolation.
+where A is unsure. Model C, a small MLP on the pixels trained apart, is the
+third member of the ensemble of configs/ensemble.yaml. The models
+deliberately name their first layer `dense/kernel` / `dense/bias`, like
+separately trained real models would, so restoring them into one session
+exercises variable-collision isolation.
 
 Each model directory holds, as a TF1 job would leave it:
   model.ckpt-<step>.index / .data-*  weights + global_step, no optimizer slots
@@ -27,6 +29,7 @@ v1 = tf.compat.v1
 
 CONFIDENCE_THRESHOLD = 0.9
 HIDDEN_UNITS = 128
+C_HIDDEN_UNITS = 32  # model C: small, so that it disagrees with A and B
 TRAIN_EXAMPLES = 40_000
 EVAL_EXAMPLES = 20_000
 BATCH_SIZE = 256
@@ -35,9 +38,10 @@ META_GRAPH = "model.meta"
 CKPT_BASENAME = "model.ckpt"
 
 # Seed offsets keep the training, B-training and evaluation draws disjoint
-# streams for any caller seed.
+# streams for any caller seed; model C trains on its own draw and seed.
 _TRAIN_DRAW = 1_000
 _EVAL_DRAW = 2_000
+_C_DRAW = 3_000
 
 
 def _dense(x: tf.Tensor, units: int, scope: str, seed: int) -> tf.Tensor:
@@ -62,10 +66,31 @@ def build_model_a(seed: int = 0) -> Dict[str, tf.Tensor]:
   pixels = v1.placeholder(tf.float32, [None, digits.NUM_PIXELS], name="input")
   logits = tf.identity(_dense(pixels, digits.NUM_CLASSES, "dense", seed),
                        name="logits")
-  confidence = tf.reduce_max(tf.nn.softmax(logits), axis=1, name="confidence")
+  # Class probabilities, for an ensemble to average with the other models'.
+  probs = tf.nn.softmax(logits, name="probs")
+  confidence = tf.reduce_max(probs, axis=1, name="confidence")
   prediction = tf.argmax(logits, axis=1, output_type=tf.int64,
                          name="prediction")
-  return {"input": pixels, "logits": logits, "confidence": confidence,
+  return {"input": pixels, "logits": logits, "probs": probs,
+          "confidence": confidence, "prediction": prediction}
+
+
+def build_model_c(seed: int = 0,
+                  hidden_units: int = C_HIDDEN_UNITS) -> Dict[str, tf.Tensor]:
+  """Builds model C's inference graph: a small MLP on the pixels alone,
+  trained apart from A and B (configs/ensemble.yaml averages it with A).
+
+  Returns:
+    Tensors by role: input, logits, probs, prediction.
+  """
+  pixels = v1.placeholder(tf.float32, [None, digits.NUM_PIXELS], name="input")
+  hidden = tf.nn.relu(_dense(pixels, hidden_units, "dense", seed))
+  logits = tf.identity(
+      _dense(hidden, digits.NUM_CLASSES, "dense_1", seed + 1), name="logits")
+  probs = tf.nn.softmax(logits, name="probs")
+  prediction = tf.argmax(logits, axis=1, output_type=tf.int64,
+                         name="prediction")
+  return {"input": pixels, "logits": logits, "probs": probs,
           "prediction": prediction}
 
 
@@ -185,16 +210,17 @@ def _accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
 
 def train_demo_models(out_dir: str, seed: int = 0, steps: int = TRAIN_STEPS
                      ) -> dict:
-  """Trains model A, then model B on A's frozen logits, and saves both.
+  """Trains model A, then model B on A's frozen logits, then model C, and
+  saves them.
 
   Args:
-    out_dir: writes `out_dir/a/` and `out_dir/b/`.
+    out_dir: writes `out_dir/a/`, `out_dir/b/` and `out_dir/c/`.
     seed: makes training reproducible; different seeds give different weights.
     steps: optimizer steps for each model.
 
   Returns:
-    {"a": {...}, "b": {...}} with each model's dir, checkpoint prefix, meta
-    graph path and tensor names; "held_out" with accuracies of A, B and the
+    {"a": {...}, "b": {...}, "c": {...}} with each model's dir, checkpoint prefix, meta
+    graph path and tensor names; "held_out" with accuracies of A, B, C and the
     cascade (B where A's confidence < CONFIDENCE_THRESHOLD) and the share of
     rows B runs on, measured on augmented held-out digits; "train_seconds".
   """
@@ -222,6 +248,14 @@ def train_demo_models(out_dir: str, seed: int = 0, steps: int = TRAIN_STEPS
     eval_b_pred = sess_b.run(
         tb["prediction"], {tb["input"]: eval_a_logits, tb["pixels"]: eval_x})
 
+  c_seed = seed + _C_DRAW
+  c_x, c_y = _model_a_inputs(c_seed)
+  c_dir = os.path.join(out_dir, "c")
+  sess_c, tc, c_prefix = _train_and_save(
+      lambda: build_model_c(c_seed), {"input": c_x}, c_y, c_dir, c_seed, steps, 0.003)
+  with sess_c:
+    eval_c_pred = sess_c.run(tc["prediction"], {tc["input"]: eval_x})
+
   gate = eval_a_conf < CONFIDENCE_THRESHOLD
   cascade = np.where(gate, eval_b_pred, eval_a_pred)
   return {
@@ -235,11 +269,17 @@ def train_demo_models(out_dir: str, seed: int = 0, steps: int = TRAIN_STEPS
             "inputs": {"input": "input:0", "pixels": "pixels:0"},
             "outputs": {"logits": "logits:0", "probs": "probs:0",
                         "prediction": "prediction:0"}},
+      "c": {"dir": c_dir, "checkpoint": c_prefix,
+            "meta_graph": os.path.join(c_dir, META_GRAPH),
+            "inputs": {"input": "input:0"},
+            "outputs": {"logits": "logits:0", "probs": "probs:0",
+                        "prediction": "prediction:0"}},
       "held_out": {
           "records": EVAL_EXAMPLES,
           "confidence_threshold": CONFIDENCE_THRESHOLD,
           "a_accuracy": _accuracy(eval_a_pred, eval_y),
           "b_accuracy": _accuracy(eval_b_pred, eval_y),
+          "c_accuracy": _accuracy(eval_c_pred, eval_y),
           "cascade_accuracy": _accuracy(cascade, eval_y),
           "b_share": float(np.mean(gate)),
       },

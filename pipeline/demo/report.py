@@ -11,8 +11,8 @@ from tfcascade.pipeline.demo import job_config
 
 # What build_demo's "rebuilt" did, for the first line.
 _REBUILT = {
-    "models and data": "demo written to {out}: models a and b trained (seed {seed})",
-    "data": ("demo written to {out}: models a and b kept (same seed, steps and demo "
+    "models and data": "demo written to {out}: models a, b and c trained (seed {seed})",
+    "data": ("demo written to {out}: models a, b and c kept (same seed, steps and demo "
              "version), data rewritten"),
     "nothing": ("demo in {out} is up to date (same records, shards, seed and demo "
                 "version): nothing rebuilt"),
@@ -24,10 +24,12 @@ _LOCAL_CONFIG = os.path.join("configs", "local.yaml")
 def demo_lines(report: dict, out: str) -> str:
   """The lines for build_demo's `report` of the demo in `out`."""
   files = report["data"]["files"]
+  shift = (f"; data washed out by --shift {report['shift']:g}"
+           if report.get("shift") else "")
   return "\n".join([
       _REBUILT[report["rebuilt"]].format(out=out, seed=report["seed"])
       + f"; {report['records']:,} records in {len(files)} file(s) "
-        f"({report['data']['pattern']})",
+        f"({report['data']['pattern']}){shift}",
       f"  accuracy on those records: a alone {report['a_accuracy']:.2%}, b alone "
       f"{report['b_accuracy']:.2%}, cascade {report['cascade_accuracy']:.2%} "
       f"(b runs where a.confidence < {report['confidence_threshold']:g}: "

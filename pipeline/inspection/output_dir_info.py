@@ -17,7 +17,7 @@ from tfcascade.pipeline.inspection.inspect_io import (
 from tfcascade.pipeline.inspection.run_report import read_summary, summary_lines
 from tfcascade.pipeline.inspection.staged_runs import describe_runs
 from tfcascade.pipeline.inspection.tfrecord_info import read_all
-from tfcascade.transforms.engine.spec import LIST_KIND_DTYPES
+from tfcascade.transforms.engine.spec import FINAL, LIST_KIND_DTYPES
 from tfcascade.transforms.publishing import output_layout as layout
 
 DEFAULT_LABEL = "label"  # `--label`'s default: an output without it is no mistake
@@ -29,11 +29,13 @@ def cascade_report(rows: Dict[str, np.ndarray], stages: List[str], label: str) -
   """Accuracy of each stage alone and of the cascade, from output columns.
 
   The cascade's answer for a row is the `prediction` of the last stage that
-  ran on it (ungated stages run on every row).
+  ran on it (ungated stages run on every row): the output's own
+  `final/prediction` where it has one (the engine's answer, computed
+  in-graph), else worked out here from the stages' columns.
 
   Args:
     rows: feature name -> per-row values (`<stage>/prediction`, `<stage>/ran`,
-      and the label).
+      `final/prediction` when written, and the label).
     stages: stage names in cascade order.
     label: the column holding the true class.
   """
@@ -49,6 +51,7 @@ def cascade_report(rows: Dict[str, np.ndarray], stages: List[str], label: str) -
     report[f"{stage}_share_run"] = float(ran.mean()) if len(ran) else 0.0
     report[f"{stage}_accuracy_on_rows_run"] = (
         float((pred[ran] == truth[ran]).mean()) if ran.any() else None)
+  answer = rows.get(f"{FINAL}/prediction", answer)
   if answer is not None:
     report["cascade_accuracy"] = float((answer == truth).mean())
   return report
@@ -110,7 +113,8 @@ def _accuracy_lines(path: str, files: List[str], label: str, stages) -> List[str
             if len(values) == len(columns[label]) and None not in values}
   for name in sorted(set(columns) - set(usable)):
     lines.append(f"  ({name} is not one value in every row: left out)")
-  stages = stages or sorted({name.split("/")[0] for name in usable if "/" in name})
+  # `final/*` columns are the cascade's answer, not a stage's.
+  stages = stages or sorted({name.split("/")[0] for name in usable if "/" in name} - {FINAL})
   report = cascade_report({k: np.asarray(v) for k, v in usable.items()}, stages, label)
   scored = [stage for stage in stages if f"{stage}_share_run" in report]
   for stage in scored:

@@ -27,7 +27,9 @@ def format_report(result: dict, out_dir: Optional[str] = None) -> str:
   alone = ", ".join(f"{n} alone {_pct(a)} ({result['predictions'][n]})"
                     for n, a in result["accuracy_alone"].items())
   lines = [f"{result['rows']:,} rows, label '{result['label']}': {alone}; "
-           f"every stage on every row (ungated) {_pct(result['ungated_accuracy'])}"]
+           f"every stage on every row (ungated) {_pct(result['ungated_accuracy'])}; "
+           f"the final answer with the configured gates "
+           f"{_pct(result['final_accuracy'])}"]
   costs = result["costs"]
   if costs:
     lines.append("measured session time per row: parse and ungated stages "

@@ -1,8 +1,10 @@
 """The sweep's arithmetic, numpy only (no session, no files).
 
 `Cascade` emulates the real cascade on the ungated run's outputs: which rows
-each gated stage runs on under given gates and the cascade's answer (the
-prediction of the last stage that ran on the row). `candidate_thresholds`
+each gated stage runs on under given gates, what each combine stage joins
+from the inputs that ran (engine.combine's NumPy twin) and the cascade's
+answer (the prediction of the last stage that ran on the row: the engine's
+final answer). `candidate_thresholds`
 picks one short threshold per distinct set of passing rows; `sweep_gate`
 scores each against the label and the measured `Costs`; `recommend` picks
 the cheapest that reaches the target accuracy.
@@ -16,6 +18,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from tfcascade.pipeline.tune.stage_predictions import class_ids
+from tfcascade.transforms.engine.combine import combine_numpy
 from tfcascade.transforms.engine.gate import MEASURES, OPERATORS, Gate
 from tfcascade.transforms.engine.spec import StageSpec
 
@@ -43,17 +47,24 @@ class Cascade:
   outputs: Mapping[str, np.ndarray]
   predictions: Mapping[str, np.ndarray]
   labels: np.ndarray
+  # stage -> the output its prediction is read from (recomputed for combine
+  # stages, whose outputs depend on the gates).
+  prediction_outputs: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
   @property
   def rows(self) -> int:
     return int(len(self.labels))
 
-  def gate_values(self, gate: Gate, ran: Mapping[str, np.ndarray]) -> np.ndarray:
+  def gate_values(self, gate: Gate, ran: Mapping[str, np.ndarray],
+                  outputs: Optional[Mapping[str, np.ndarray]] = None) -> np.ndarray:
     """The gate's operand per row as the real cascade sees it: a gated
-    stage's outputs are its fill_value on rows it did not run on, and a
-    measure is taken of those rows (the table in engine.gate)."""
+    stage's outputs are its fill_value on rows it did not run on, a combine
+    stage's are joined from the inputs that ran (`outputs`: as run() has
+    them so far; None: from `ran`), and a measure is taken of those rows
+    (the table in engine.gate)."""
     stage = next(s for s in self.stages if s.name == gate.stage)
-    raw = np.asarray(self.outputs[f"{gate.stage}/{gate.output}"])
+    outputs = self._combined(ran) if outputs is None else outputs
+    raw = np.asarray(outputs[f"{gate.stage}/{gate.output}"])
     rows = raw.reshape(len(raw), -1).astype(np.float64)
     if gate.stage in ran:
       rows = np.where(ran[gate.stage][:, None], rows, _fill(raw.dtype, stage.fill_value))
@@ -69,20 +80,55 @@ class Cascade:
       gates: stage -> its gate (None or absent: the stage runs on every row).
     """
     ran: Dict[str, np.ndarray] = {}
+    outputs = dict(self.outputs)
     answer = None
     for stage in self.stages:
-      gate = gates.get(stage.name)
+      gate, mask = gates.get(stage.name), None
       if gate is not None:
         compare = getattr(np, OPERATORS[gate.op])
-        ran[stage.name] = compare(self.gate_values(gate, ran), np.float64(gate.threshold))
-      prediction = self.predictions.get(stage.name)
+        mask = compare(self.gate_values(gate, ran, outputs), np.float64(gate.threshold))
+      if stage.combine is not None:
+        mask = self._combine(stage, outputs, ran, mask)
+      if mask is not None:
+        ran[stage.name] = mask
+      prediction = self._prediction(stage, outputs)
       if prediction is None:
         continue
-      if answer is None or gate is None:
+      if answer is None or mask is None:
         answer = prediction.copy()
       else:
-        answer = np.where(ran[stage.name], prediction, answer)
+        answer = np.where(mask, prediction, answer)
     return answer, ran
+
+  def _prediction(self, stage: StageSpec, outputs) -> Optional[np.ndarray]:
+    if stage.combine is None or stage.name not in self.prediction_outputs:
+      return self.predictions.get(stage.name)
+    output = self.prediction_outputs[stage.name]
+    return class_ids(outputs[f"{stage.name}/{output}"], f"{stage.name}.{output}")
+
+  def _combine(self, stage: StageSpec, outputs: Dict[str, np.ndarray],
+               ran: Mapping[str, np.ndarray], gate_mask: Optional[np.ndarray]
+               ) -> Optional[np.ndarray]:
+    """Puts a combine stage's outputs under `ran` into `outputs`; returns its
+    ran mask (None: every row)."""
+    refs = stage.combine.inputs
+    combined, mask = combine_numpy(
+        stage, [outputs[ref.replace(".", "/", 1)] for ref in refs],
+        [ran.get(ref.partition(".")[0]) for ref in refs], gate_mask)
+    outputs.update({f"{stage.name}/{out}": value for out, value in combined.items()})
+    return mask
+
+  def _combined(self, ran: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+    """The outputs with each combine stage's joined under `ran` (a combine
+    stage's own entry in `ran` stands for its gate: it is within its inputs'
+    rows)."""
+    combines = [s for s in self.stages if s.combine is not None]
+    if not combines:
+      return self.outputs
+    outputs = dict(self.outputs)
+    for stage in combines:
+      self._combine(stage, outputs, ran, ran.get(stage.name))
+    return outputs
 
   def accuracy(self, answer: np.ndarray) -> float:
     return float(np.mean(answer == self.labels)) if self.rows else 0.0

@@ -18,7 +18,7 @@ from tfcascade.transforms.engine.spec import CascadeError
 
 def command(args) -> int:
   """`tfcascade tune`: returns the exit code."""
-  from tfcascade.pipeline.run_plan import PreflightError  # pylint: disable=g-import-not-at-top
+  from tfcascade.pipeline.input_files import PreflightError  # pylint: disable=g-import-not-at-top
   overrides = list(args.overrides)
   if args.input:
     overrides.append(f"input.pattern={args.input}")

@@ -66,7 +66,7 @@ def tune(config, label: str, sample: int = DEFAULT_SAMPLE,
                     f"{' / '.join(PREDICTION_OUTPUTS)}: name its prediction with "
                     f"--prediction {first}.<output>")
   if records is None:
-    from tfcascade.pipeline.run_plan import match_inputs  # pylint: disable=g-import-not-at-top
+    from tfcascade.pipeline.input_files import match_inputs  # pylint: disable=g-import-not-at-top
     records = read_sample(match_inputs(config), sample, config.input.max_record_bytes)
   if not records:
     raise TuneError("the input holds no records")
@@ -74,8 +74,9 @@ def tune(config, label: str, sample: int = DEFAULT_SAMPLE,
   labels = outputs.pop(f"passthrough/{label}").reshape(len(records))
   predicted = {name: class_ids(outputs[f"{name}/{out}"], f"{name}.{out}")
                for name, out in chosen.items()}
-  cascade = Cascade(stages, outputs, predicted, labels)
+  cascade = Cascade(stages, outputs, predicted, labels, chosen)
   ungated_accuracy = cascade.accuracy(cascade.run({})[0])
+  final_accuracy = cascade.accuracy(cascade.run(gates)[0])
   target = (ungated_accuracy - DEFAULT_TOLERANCE if target_accuracy is None
             else target_accuracy)
 
@@ -98,6 +99,8 @@ def tune(config, label: str, sample: int = DEFAULT_SAMPLE,
       "predictions": {name: f"{name}.{out}" for name, out in chosen.items()},
       "accuracy_alone": {name: cascade.accuracy(p) for name, p in predicted.items()},
       "ungated_accuracy": ungated_accuracy,
+      # The final answer (final/<output>) under the configured gates.
+      "final_accuracy": final_accuracy,
       "target_accuracy": target,
       "target_is_default": target_accuracy is None,
       "costs": None if costs is None else {
@@ -175,13 +178,24 @@ def _not_finite(gate: Gate, values: np.ndarray) -> str:
 
 
 def _warnings(stages: Sequence[StageSpec], gates: Mapping[str, Gate]) -> List[str]:
-  """Where emulating on ungated outputs differs from the real cascade."""
-  found = []
+  """Where emulating on ungated outputs differs from the real cascade: a
+  model reading a gated stage, or a combine stage that joins one (tune
+  recomputes a combine stage under the gates, but not a model it feeds)."""
+  found, joins_gated = [], set()
   for s in stages:
+    if s.combine is not None:
+      if any(ref.split(".")[0] in set(gates) | joins_gated for ref in s.combine.inputs):
+        joins_gated.add(s.name)
+      continue
     for ref in s.inputs.values():
       head = ref.split(".")[0]
       if head in gates:
         found.append(f"stage '{s.name}' reads {ref} of gated stage '{head}': tune "
                      f"gives it {head}'s real outputs on every row; the real cascade "
                      f"feeds it {head}'s fill_value on rows {head} did not run on")
+      elif head in joins_gated:
+        found.append(f"stage '{s.name}' reads {ref} of combine stage '{head}', which "
+                     f"joins gated stages: tune gives it {head} with every input on "
+                     f"every row; the real cascade leaves out the inputs that did not "
+                     f"run")
   return found

@@ -4,8 +4,10 @@ For your own Beam pipeline: feed serialized `tf.train.Example` bytes (or
 `(key, bytes)` through Beam's `KeyedModelHandler`) to `RunInference`, get a
 `PredictionResult` per record whose `inference` holds every engine output of
 that row: `<stage>/<output>` for every stage, `<stage>/ran` (int64 0/1) for a
-gated stage, `passthrough/<feature>` for the spec's parsed passthrough
-features.
+gated stage, the final answer (`final/<output>` of the last answering stage
+that ran on the row, `final/stage` that stage's position in the spec's
+stages: engine.final_answer, CascadeSpec.final), `passthrough/<feature>` for
+the spec's parsed passthrough features.
 
     from apache_beam.ml.inference.base import RunInference
     import tfcascade

@@ -28,7 +28,7 @@ def main() -> int:
   # Ctrl-C reaches the whole process group: the launcher decides, and ends us.
   signal.signal(signal.SIGINT, signal.SIG_IGN)
   import_tensorflow()  # quiet as the launcher is (TF_CPP_MIN_LOG_LEVEL)
-  importlib.import_module("tfcascade.transforms.engine")  # the scoring code, now
+  importlib.import_module("tfcascade.transforms.engine.cascade")  # the scoring code, now
   from apache_beam.runners.worker.sdk_worker import SdkHarness  # pylint: disable=g-import-not-at-top
   print(READY, flush=True)
   request = sys.stdin.readline().split()

@@ -10,14 +10,26 @@ Public surface:
     fingerprints; a worker finding other files fails the run.
 """
 
-from tfcascade.transforms.engine.cascade import (CascadeResult, CascadeSession,
-                                                build_cascade_graph)
-from tfcascade.transforms.engine.pinning import ModelChangedError, pin_models
-from tfcascade.transforms.engine.spec import (CascadeError, CascadeSpec, FeatureSpec,
-                                              ModelSource, SessionSpec, StageSpec)
+import importlib
+
+# Loaded on first use (PEP 562): `from tfcascade.transforms.engine.spec import
+# ...` (the config, the CLI's prestart of worker processes) must not import
+# TensorFlow, which `cascade` does.
+_WHERE = {
+    "CascadeResult": "cascade", "CascadeSession": "cascade", "build_cascade_graph": "cascade",
+    "ModelChangedError": "pinning", "pin_models": "pinning",
+    "CascadeError": "spec", "CascadeSpec": "spec", "FeatureSpec": "spec",
+    "ModelSource": "spec", "SessionSpec": "spec", "StageSpec": "spec",
+}
 
 __all__ = [
     "CascadeError", "CascadeResult", "CascadeSession", "CascadeSpec", "FeatureSpec",
     "ModelChangedError", "ModelSource", "SessionSpec", "StageSpec", "build_cascade_graph",
     "pin_models",
 ]
+
+
+def __getattr__(name):
+  if name not in _WHERE:
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+  return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)

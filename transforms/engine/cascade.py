@@ -1,9 +1,10 @@
 """The cascade: every model in ONE graph and ONE session, run in one call.
 
 `build_cascade_graph` parses features in-graph, places each stage under its
-own scope, wires inputs from features or earlier stages, and gates stages
-in-graph (gather -> model -> scatter); the engine's own ops live under
-spec.ENGINE_SCOPE, out of the stages' way. `CascadeSession` restores every
+own scope, wires inputs from features or earlier stages, gates stages
+in-graph (gather -> model -> scatter), joins combine stages (engine.combine)
+and computes the final answer (engine.final_answer); the engine's own ops
+live under spec.ENGINE_SCOPE, out of the stages' way. `CascadeSession` restores every
 model with its own Saver, finalizes the graph and runs batches through a C++
 callable (docs/design.md, fact 4). Nothing here imports Beam.
 """
@@ -22,14 +23,20 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
 
+from tfcascade.transforms.engine.combine import combine_graph
+from tfcascade.transforms.engine.combine import input_problem as combine_input_problem
+from tfcascade.transforms.engine.final_answer import final_graph, final_outputs, signature
 from tfcascade.transforms.engine.gate import (MEASURES, OPERATORS, Gate, operand_problem,
                                               stage_gate)
 from tfcascade.transforms.engine.pinning import verify_pins
 from tfcascade.transforms.engine.sources import PlacedModel, place_model
-from tfcascade.transforms.engine.spec import (ENGINE_SCOPE, FEATURE_DTYPES, CascadeError,
-                                              CascadeSpec, FeatureSpec, StageSpec)
+from tfcascade.transforms.engine.spec import (ENGINE_SCOPE, FEATURE_DTYPES, FINAL,
+                                              CascadeError, CascadeSpec, FeatureSpec,
+                                              StageSpec)
 
 SERIALIZED_INPUT = "serialized_examples"
+# StagePlan.restored_by of a combine stage: nothing is restored.
+COMBINED_IN_GRAPH = "no checkpoint: combined in-graph from its inputs"
 
 
 @dataclasses.dataclass
@@ -67,6 +74,8 @@ class StagePlan:
   def restore_text(self) -> str:
     """One sentence: how many variables were restored, by what, and how many
     of them the outputs read (the same words everywhere the plan appears)."""
+    if self.restored_by == COMBINED_IN_GRAPH:
+      return COMBINED_IN_GRAPH
     n = self.variables_restored
     text = f"{n} variable{'' if n == 1 else 's'} restored by {self.restored_by}"
     if len(self.read) == n:
@@ -92,10 +101,12 @@ class CascadeGraph:
     graph: the one graph holding every model.
     serialized: the tf.string [batch] placeholder fed with serialized Examples.
     parsed: feature name -> its parsed [batch, ...] tensor (the in-graph parse).
-    fetches: engine output name ("<stage>/<output>", "<stage>/ran") -> tensor.
+    fetches: engine output name ("<stage>/<output>", "<stage>/ran",
+      "final/<output>", "final/stage") -> tensor.
     passthrough: passthrough feature name -> its parsed tensor.
     rows_run: stage name -> int32 scalar, rows the stage's model ran on.
-    models: stage name -> placed model (Saver + checkpoint).
+    models: stage name -> placed model (Saver + checkpoint); combine stages
+      have none.
     plan: per-stage description, in order.
   """
   graph: tf.Graph
@@ -112,7 +123,9 @@ class CascadeResult(NamedTuple):
   """What one cascade call returns, each array with the batch first.
 
   Attributes:
-    outputs: "<stage>/<output>" (and "<stage>/ran" of a gated stage) -> array.
+    outputs: "<stage>/<output>" (and "<stage>/ran" of a gated stage), then
+      the final answer ("final/<output>", "final/stage": engine.final_answer)
+      -> array.
     passthrough: passthrough feature -> its parsed values.
     rows_run: stage -> rows its model ran on (the batch, or the gate's rows).
   """
@@ -146,22 +159,67 @@ def build_cascade_graph(spec: CascadeSpec) -> CascadeGraph:
       batch = tf.shape(serialized, out_type=tf.int64)[0]
     available = {f"features.{name}": t for name, t in parsed.items()}
     passthrough = _passthrough_tensors(parsed, spec.passthrough)
-    fetches = {}
+    fetches, stage_outputs, ran = {}, {}, {}
     for stage in spec.stages:
-      model, gating = _place_stage(stage, available, stage_order)
+      if stage.combine is not None:
+        outputs, mask = _place_combine(stage, available, stage_order, ran)
+        plan.append(_combine_plan(stage))
+      else:
+        model, gating = _place_stage(stage, available, stage_order)
+        with _engine_scope("stage", stage.name, "outputs"):
+          outputs = _full_batch_outputs(stage, model, gating, batch)
+        mask = gating.mask if gating is not None else None
+        models[stage.name] = model
+        plan.append(_stage_plan(stage, model, gating))
       with _engine_scope("stage", stage.name, "outputs"):
-        for out, tensor in _full_batch_outputs(stage, model, gating, batch).items():
+        for out, tensor in outputs.items():
           available[f"{stage.name}.{out}"] = tensor
           fetches[f"{stage.name}/{out}"] = tensor
-        if gating is not None:
-          fetches[f"{stage.name}/ran"] = tf.cast(gating.mask, tf.int64)
-          rows_run[stage.name] = tf.size(gating.rows, out_type=tf.int64)
+        if mask is not None:
+          fetches[f"{stage.name}/ran"] = tf.cast(mask, tf.int64)
+          rows_run[stage.name] = tf.math.count_nonzero(mask, dtype=tf.int64)
         else:
           rows_run[stage.name] = batch
-      models[stage.name] = model
-      plan.append(_stage_plan(stage, model, gating))
+      stage_outputs[stage.name], ran[stage.name] = outputs, mask
+    with _engine_scope(FINAL):
+      fetches.update(_final_fetches(spec, stage_outputs, ran, batch))
   return CascadeGraph(graph, serialized, dict(parsed), fetches, passthrough, rows_run,
                       models, plan)
+
+
+def _final_fetches(spec: CascadeSpec, stage_outputs, ran, batch) -> Dict[str, tf.Tensor]:
+  """The final answer's fetches ("final/<output>", "final/stage"); none when
+  output.final is off or the stages have no answer in common."""
+  names, answering = final_outputs(
+      spec.final, {stage: {out: signature(t) for out, t in outputs.items()}
+                   for stage, outputs in stage_outputs.items()})
+  if not names:
+    return {}
+  if FINAL in stage_outputs:
+    raise CascadeError(f"stage '{FINAL}': the name is taken by the final answer's "
+                       f"outputs ({FINAL}/<output>): rename the stage, or set "
+                       f"output.final: false")
+  return final_graph(names, answering, stage_outputs, ran, batch)
+
+
+def _place_combine(stage: StageSpec, available: Mapping[str, tf.Tensor],
+                   stage_order: Mapping[str, int], ran: Mapping[str, Optional[tf.Tensor]]):
+  """A combine stage's outputs and ran mask (engine.combine), its inputs
+  checked: each [N, C] floats, one C."""
+  refs = stage.combine.inputs
+  values = [_resolve(ref, available, stage_order, stage, "combine input") for ref in refs]
+  problem = combine_input_problem(
+      stage.name, refs, [t.shape.as_list() if t.shape.rank is not None else None
+                         for t in values], [t.dtype.name for t in values])
+  if problem:
+    raise CascadeError(problem)
+  with _engine_scope("stage", stage.name, "gate"):
+    gate = stage_gate(stage)
+    gate_mask = (None if gate is None else _gate_mask(
+        gate, _resolve(gate.reference, available, stage_order, stage, "run_if"), stage))
+  with _engine_scope("stage", stage.name, "combine"):
+    return combine_graph(stage, values, [ran.get(ref.partition(".")[0]) for ref in refs],
+                         gate_mask)
 
 
 def _engine_scope(*parts: str):
@@ -358,6 +416,18 @@ def _scatter(rows: tf.Tensor, values: tf.Tensor, batch: tf.Tensor,
     fill = tf.constant(fill_value, dtype=values.dtype)
   filled = tf.fill(shape, fill)
   return tf.tensor_scatter_nd_update(filled, rows[:, None], values)
+
+
+def _combine_plan(stage: StageSpec) -> StagePlan:
+  """What `validate` prints about a combine stage (no checkpoint)."""
+  gate = stage_gate(stage)
+  return StagePlan(
+      name=stage.name, scope=stage.scope,
+      source=f"{stage.source.source_type}: {stage.source.ref}", checkpoint="",
+      fingerprint="", global_step=None,
+      inputs={f"input {i}": ref for i, ref in enumerate(stage.combine.inputs)},
+      outputs=dict(stage.outputs), gate=str(gate) if gate is not None else "",
+      restored={}, unused=[], restored_by=COMBINED_IN_GRAPH)
 
 
 def _stage_plan(stage: StageSpec, model: PlacedModel,

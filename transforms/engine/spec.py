@@ -19,6 +19,16 @@ LIST_KIND_DTYPES = {"float_list": "float32", "int64_list": "int64",
 FEATURE_DTYPES = tuple(LIST_KIND_DTYPES.values())
 # Where a stage's graph comes from (ModelSource.source_type).
 SOURCE_TYPES = ("meta_graph", "builder", "saved_model")
+# The source type of a combine stage: built by the engine from earlier
+# stages' outputs, no model file (not one of SOURCE_TYPES a config names).
+COMBINE_SOURCE = "combine"
+# How a combine stage joins its inputs (CombineSpec.op); docs/reference.md.
+COMBINE_OPS = ("mean", "weighted_mean", "max", "vote")
+# The outputs every combine stage has.
+COMBINE_OUTPUTS = ("probs", "prediction")
+# The engine's final-answer outputs: "<FINAL>/<output>" and "<FINAL>/stage";
+# no stage may take the name while they are written.
+FINAL = "final"
 # What the session runs on (SessionSpec.device).
 DEVICES = ("cpu", "gpu")
 # The name scope of the engine's own ops (the placeholder, the parse, each
@@ -73,6 +83,26 @@ class ModelSource:
 
 
 @dataclasses.dataclass(frozen=True)
+class CombineSpec:
+  """A stage computed in-graph from earlier stages' [N, C] outputs.
+
+  Attributes:
+    op: one of COMBINE_OPS.
+    inputs: "<stage>.<output>" references, each [N, C] with one C.
+    weights: one per input for "weighted_mean" (>= 0, not all 0); empty
+      for the other ops.
+  """
+  op: str
+  inputs: Tuple[str, ...]
+  weights: Tuple[float, ...] = ()
+
+  def describe(self) -> str:
+    """e.g. 'mean(a.probs, b.probs)': the stage's source in plans and logs."""
+    weights = f"; weights {list(self.weights)}" if self.weights else ""
+    return f"{self.op}({', '.join(self.inputs)}{weights})"
+
+
+@dataclasses.dataclass(frozen=True)
 class StageSpec:
   """One model of the cascade.
 
@@ -92,6 +122,8 @@ class StageSpec:
     fill_value: value of this stage's outputs on rows the gate did not pass.
     fingerprints: (file, "sha256:...") pinned by the launcher (see
       engine.pinning); workers check them before scoring. Empty: not pinned.
+    combine: set for a combine stage (see combine_stage): no model, no
+      checkpoint; its outputs are COMBINE_OUTPUTS.
   """
   name: str
   source: ModelSource
@@ -102,6 +134,17 @@ class StageSpec:
   run_if: Optional[str] = None
   fill_value: float = 0.0
   fingerprints: Tuple[Tuple[str, str], ...] = ()
+  combine: Optional[CombineSpec] = None
+
+
+def combine_stage(name: str, combine: CombineSpec, run_if: Optional[str] = None,
+                  fill_value: float = 0.0) -> StageSpec:
+  """The StageSpec of a combine stage (its source names the op and inputs, so
+  plans, logs and model ids read it like a model's)."""
+  return StageSpec(name=name, source=ModelSource(COMBINE_SOURCE, combine.describe()),
+                   checkpoint="", scope=name, inputs={},
+                   outputs={o: o for o in COMBINE_OUTPUTS}, run_if=run_if,
+                   fill_value=fill_value, combine=combine)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,8 +184,12 @@ class CascadeSpec:
     passthrough: declared features also returned as parsed
       ("passthrough/<name>"), so outputs can carry them without re-reading
       the records in Python.
+    final: the outputs written as the final answer ("final/<output>", plus
+      "final/stage"); None: the default ones (engine.final_answer), empty:
+      none.
   """
   features: Tuple[FeatureSpec, ...]
   stages: Tuple[StageSpec, ...]
   session: SessionSpec = SessionSpec()
   passthrough: Tuple[str, ...] = ()
+  final: Optional[Tuple[str, ...]] = None

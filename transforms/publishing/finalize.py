@@ -89,6 +89,8 @@ def summarize(counts: RunCounts, info: dict) -> dict:
       "wall_seconds": round(time.time() - info["start_epoch"], 3),
       "output_format": info["output_format"],
       "run_date": info["run_date"],
+      # scoring.output_histograms: what `tfcascade report` draws and compares.
+      "histograms": counts.histograms.summary(),
   }
 
 

@@ -171,9 +171,11 @@ def write_cli(path: Path, real: str, mode: str = "plain", meta: str = "") -> Pat
   return path
 
 
-def calls(cli: Path):
+def calls(cli: Path, command: str = "run"):
+  """The stand-in's recorded calls of one CLI command (`run`, `report`)."""
   f = Path(str(cli) + ".calls")
-  return f.read_text().splitlines() if f.exists() else []
+  lines = f.read_text().splitlines() if f.exists() else []
+  return [line for line in lines if line.split(" ", 1)[0] == command]
 
 
 def demo_stage_args(demo: Path):

@@ -15,9 +15,11 @@ def test_dag_folder_imports_without_errors(dagbag):
   assert DAG_IDS <= set(dagbag.dags)
   for dag_id in DAG_IDS:
     dag = dagbag.dags[dag_id]
-    assert [t.task_id for t in dag.topological_sort()] == ["plan", "wait_for_input", "score"]
+    assert [t.task_id for t in dag.topological_sort()] == ["plan", "wait_for_input", "score",
+                                                           "report"]
     assert dag.max_active_runs == 1
     assert dag.get_task("score").retries == 2      # exit 1 is retried
+    assert dag.get_task("report").retries == 2     # but not a drift (AirflowFailException)
     assert dag.get_task("plan").retries == 0       # a settings error is not
     assert dag.get_task("wait_for_input").mode == "reschedule"
 

@@ -128,11 +128,25 @@ def dataflow(monkeypatch):
   return fake
 
 
-def fake_launcher(path: Path, gcs_root: Path, exit_code: int = 0) -> Path:
+def fake_launcher(path: Path, gcs_root: Path, exit_code: int = 0, drift: bool = False) -> Path:
   """Stands in for `tfcascade run --runner=DataflowRunner ...`: records its
-  arguments; exit 0 after "the job" wrote `_SUCCESS` at output.path."""
+  arguments; exit 0 after "the job" wrote `_SUCCESS` at output.path. And for
+  `tfcascade report`: records its arguments in `<path>.reports` and writes
+  the --out file; with `drift`, says a drift row is flagged (exit 1) as the
+  real CLI does (test_local_dag.py runs the real one)."""
   path.write_text(f"""#!{sys.executable}
 import json, os, sys
+if sys.argv[1] == "report":
+  with open({str(path) + '.reports'!r}, "a") as f:
+    f.write(" ".join(sys.argv[1:]) + "\\n")
+  out = sys.argv[sys.argv.index("--out") + 1]
+  bucket, _, name = out[len("gs://"):].partition("/")
+  with open(os.path.join({str(gcs_root)!r}, bucket, name), "w") as f:
+    f.write("<html></html>")
+  if {drift}:
+    print("tfcascade: drift: gate pass share b: 87.2% vs 59.2% (+28.0 points)", file=sys.stderr)
+    sys.exit(1)
+  sys.exit(0)
 with open({str(path) + '.calls'!r}, "a") as f:
   f.write(" ".join(sys.argv[1:]) + "\\n")
 if {exit_code}:
@@ -187,6 +201,33 @@ def test_launches_the_dates_named_job_and_waits_for_its_exit_code(dag, gcs, data
                "--machine_type=n1-standard-4", "--max_num_workers=20"):
     assert flag in args
   assert (gcs / "bkt/predictions/2025-06-10/_SUCCESS").exists()
+  # The report, beside the output on GCS; the day before is not complete:
+  # no comparison.
+  assert run.states["report"] == "success"
+  assert reports(cli) == ["report gs://bkt/predictions/2025-06-10 "
+                          "--out gs://bkt/predictions/2025-06-10.report.html"]
+  assert (gcs / "bkt/predictions/2025-06-10.report.html").exists()
+
+
+def reports(cli):
+  f = Path(str(cli) + ".reports")
+  return f.read_text().splitlines() if f.exists() else []
+
+
+def test_drift_against_the_day_before_fails_the_report_without_retry(dag, gcs, dataflow,
+                                                                     tmp_path):
+  cli = fake_launcher(tmp_path / "tfcascade", gcs, drift=True)
+  put(gcs, "gs://bkt/in/2025-06-15/part-00000.tfrecord.gz")
+  put(gcs, "gs://bkt/predictions/2025-06-14/_SUCCESS")   # yesterday: complete
+  run = run_dag(dag, at(2025, 6, 15, 2, 15), conf_for(cli))
+  assert run.state == "failed"
+  assert run.states["score"] == "success"
+  assert run.states["report"] == "failed" and run.tries["report"] == 1
+  assert reports(cli) == ["report gs://bkt/predictions/2025-06-15 --out "
+                          "gs://bkt/predictions/2025-06-15.report.html --compare "
+                          "gs://bkt/predictions/2025-06-14 --fail-on-drift"]
+  assert "drift against gs://bkt/predictions/2025-06-14, not retrying" in run.log
+  assert "tfcascade: drift: gate pass share b" in run.log
 
 
 def test_retry_waits_while_the_previous_attempts_job_runs(dag, gcs, dataflow, tmp_path):

@@ -45,11 +45,16 @@ def test_nightly_run_scores_its_date_then_reruns_are_no_ops(dag, demo, tfcascade
   run = run_dag(dag, at(2025, 6, 10, 2, 15), conf)
 
   assert run.state == "success", run.states
-  assert run.states == {"plan": "success", "wait_for_input": "success", "score": "success"}
+  assert run.states == {"plan": "success", "wait_for_input": "success", "score": "success",
+                        "report": "success"}
   assert run.tries["score"] == 1
   assert run.xcom("score") == {"run_date": "2025-06-10", "ran": True, "exit_code": 0}
   day = out / "2025-06-10"
-  assert sorted(p.name for p in out.iterdir()) == ["2025-06-10"]
+  # The report beside the output; 2025-06-09 was not scored: no comparison.
+  assert sorted(p.name for p in out.iterdir()) == ["2025-06-10", "2025-06-10.report.html"]
+  assert run.xcom("report") == {"run_date": "2025-06-10", "compared_with": None,
+                                "report": f"{day}.report.html"}
+  assert calls(cli, "report") == [f"report {day} --out {day}.report.html"]
   assert (day / "_SUCCESS").exists()
   summary = json.loads((day / "run_summary.json").read_text())
   assert summary["records_read"] == 2000
@@ -263,3 +268,39 @@ def _ends(pid, within_s=10.0):
       return True
     time.sleep(0.1)
   return False
+
+
+def test_report_compares_with_the_day_before_and_drift_fails_without_retry(
+    dag, demo, tfcascade, tmp_path):
+  """The real CLI end to end: day 1 scored, day 2 the same data (compared,
+  no drift), day 3 washed-out data (`tfcascade demo --shift`): the report
+  flags drift, the task fails at once (no retry) and the HTML stays beside
+  the output for whoever looks."""
+  shifted = tmp_path / "shifted"
+  shutil.copytree(demo, shifted)   # same models and seed: only the data is rewritten
+  done = subprocess.run([tfcascade, "demo", "--out", str(shifted), "--records", "2000",
+                         "--shards", "2", "--shift", "0.3"], capture_output=True, text=True)
+  assert done.returncode == 0 and "data rewritten" in done.stdout, done.stdout + done.stderr
+  inputs = tmp_path / "in"
+  for day, source in (("2025-06-21", demo), ("2025-06-22", demo), ("2025-06-23", shifted)):
+    shutil.copytree(source / "data", inputs / day)
+  cli = write_cli(tmp_path / "tfcascade", tfcascade)
+  out = tmp_path / "predictions"
+  conf = settings(cli, demo, out, input_pattern=f"{inputs}/{{run_date}}/part-*.tfrecord.gz")
+
+  first = run_dag(dag, at(2025, 6, 21, 2, 15), conf)
+  assert first.state == "success", first.states
+  assert first.xcom("report")["compared_with"] is None
+  second = run_dag(dag, at(2025, 6, 22, 2, 15), conf)
+  assert second.state == "success", second.states
+  assert second.xcom("report")["compared_with"] == str(out / "2025-06-21")
+  assert "0 drift row(s) flagged" in second.log
+
+  third = run_dag(dag, at(2025, 6, 23, 2, 15), conf)
+  assert third.state == "failed"
+  assert third.states["score"] == "success" and (out / "2025-06-23" / "_SUCCESS").exists()
+  assert third.states["report"] == "failed" and third.tries["report"] == 1   # no retry
+  assert f"drift against {out / '2025-06-22'}, not retrying" in third.log
+  assert "tfcascade: drift: gate pass share b" in third.log
+  page = (out / "2025-06-23.report.html").read_text()
+  assert "DRIFT:" in page and str(out / "2025-06-22") in page
