@@ -75,8 +75,8 @@ def test_two_warm_worker_processes_score_like_the_oracle(job):
   assert summary["metrics"]["sessions_opened"] == 2  # one session in each process
   assert summary["records_read"] == summary["records_written"] == len(job["ids"])
   check_against_oracle(out, job["oracle"])
-  assert not [p for p in psutil.Process().children(recursive=True)
-              if "warm_worker" in " ".join(p.cmdline())]
+  assert not [p for p in psutil.process_iter(["cmdline"])  # every worker ended
+              if "warm_worker" in " ".join(p.info["cmdline"] or [])]
 
 
 def test_a_small_input_runs_in_process_by_default_and_says_so(job):
@@ -125,5 +125,7 @@ def test_a_worker_killed_mid_run_fails_the_run_and_a_rerun_resumes(tmp_path):
   assert rerun.returncode == 0, stderr[-3000:]
   summary = summary_of(out)
   assert summary["records_read"] == summary["records_written"] == 60_000
-  assert 0 < summary["records_resumed"] < 60_000
+  # At least the unit committed before the kill (all three if the kill came
+  # after the last commit: the run still failed, nothing was published).
+  assert 20_000 <= summary["records_resumed"] <= 60_000
   check_against_oracle(out, slow["oracle"])

@@ -74,6 +74,11 @@ class FloatHistogram:
   low: float = float("inf")
   high: float = float("-inf")
 
+  def __eq__(self, other) -> bool:  # `bins` is an array: compared whole
+    return (isinstance(other, FloatHistogram) and np.array_equal(self.bins, other.bins)
+            and (self.rows, self.non_finite, self.total, self.low, self.high)
+            == (other.rows, other.non_finite, other.total, other.low, other.high))
+
   def add(self, other: "FloatHistogram") -> None:
     self.bins += other.bins
     self.rows += other.rows
