@@ -173,6 +173,8 @@ def run(config: JobConfig, beam_args: Sequence[str] = (), overwrite: bool = Fals
                                   left, local_workers.requested(beam_args))
     options.view_as(DirectOptions).direct_num_workers = choice.workers
     _LOG.info("tfcascade: scoring %s", choice.why)
+    if choice.workers <= 1:
+      local_workers.end_prestarted()
   with contextlib.ExitStack() as stack:
     workers = None
     runner_name = standard.runner

@@ -134,8 +134,15 @@ def prestart(config_path: str, overrides: Sequence[str], beam_args: Sequence[str
 def processes(count: int) -> List[subprocess.Popen]:
   """`count` worker processes: those prestarted first, new ones for the rest;
   prestarted ones beyond `count` (a resumed run needs fewer) are ended."""
-  taken, extra = _PRESTARTED[:count], _PRESTARTED[count:]
-  _PRESTARTED.clear()
-  for proc in extra:
-    proc.stdin.close()  # EOF: it exits once loaded
+  taken = _PRESTARTED[:count]
+  del _PRESTARTED[:count]
+  end_prestarted()
   return taken + _start(count - len(taken))
+
+
+def end_prestarted() -> None:
+  """Ends the prestarted processes no run took (EOF: each exits once loaded),
+  e.g. when the run, resumed, has too little left for them."""
+  for proc in _PRESTARTED:
+    proc.stdin.close()
+  _PRESTARTED.clear()
