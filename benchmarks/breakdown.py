@@ -5,8 +5,11 @@
 (benchmarks.run also runs it, as system "breakdown"). Pieces, median of 3
 passes, wall and process CPU (TF's pool threads included): read (the job's
 framing reader, 2 CRCs, in batch_size chunks), read-gzip (same, gzip copy),
-read-tfdata (tf.data's C++ reader, records turned into the Python bytes the
-scorer needs: the alternative, not used), score (CascadeSession.run alone),
+read-tfdata (tf.data's C++ reader, records turned into Python bytes: the
+Python path's alternative, not used), score (CascadeSession.run alone),
+read-score-in-graph (the job's happy path since the in-graph reader: one
+session call reads, checks, parses and scores each batch; compare with
+read + score),
 dofn (what a unit of work runs per chunk beyond reading and writing: the
 job's ChunkScorer, i.e. the session call, bad-record isolation and
 encoding; the key keeps its name from when a DoFn did it), write
@@ -28,11 +31,13 @@ from benchmarks import workloads  # noqa: E402  (imports TF)
 from tfcascade.pipeline.config import JobConfig  # noqa: E402
 from tfcascade.transforms.formats import tfrecord_framing as framing  # noqa: E402
 from tfcascade.transforms.engine import CascadeSession  # noqa: E402
+from tfcascade.transforms.engine.in_graph_reader import NO_END  # noqa: E402
 from tfcascade.transforms.reading.record_ranges import RecordChunk  # noqa: E402
 from tfcascade.transforms.scoring.chunk_scorer import ChunkScorer  # noqa: E402
 from tfcascade.transforms.writing.shard_writer import ShardWriter  # noqa: E402
 
-PIECES = ("read", "read-gzip", "read-tfdata", "score", "dofn", "write")
+PIECES = ("read", "read-gzip", "read-tfdata", "score", "read-score-in-graph", "dofn",
+          "write")
 
 
 class _Clock:
@@ -61,6 +66,7 @@ def one_pass(clock, config, files, gzip_files, session, scorer, scratch):
   clock.time("read-tfdata", lambda: _read_tfdata(files, config.batch_size))
   clock.time("score", lambda: [session.run([r for _, r in c.records])
                                for c in chunks])
+  clock.time("read-score-in-graph", lambda: _read_in_graph(session, files, config.batch_size))
   scored = clock.time("dofn", lambda: [scorer.score(c) for c in chunks])
   blobs = [blob for s in scored for blob in s.blobs]
   clock.time("write", lambda: _write(blobs, scratch))
@@ -72,6 +78,20 @@ def _read_tfdata(files, batch_size):
   return [RecordChunk(f, list(enumerate(batch.numpy().tolist())))
           for f in files
           for batch in tf.data.TFRecordDataset(f, buffer_size=1 << 20).batch(batch_size)]
+
+
+def _read_in_graph(session, files, batch_size):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  for f in files:
+    slot = session.open_reader(f, "none", 0, 0, batch_size)
+    try:
+      while True:
+        try:
+          session.read_and_run(slot, NO_END)
+        except tf.errors.OutOfRangeError:
+          break
+    finally:
+      session.close_reader(slot)
 
 
 def _write(blobs, directory):

@@ -47,10 +47,12 @@ SYSTEM_ROWS = [
 # The T0 a system is compared with: the one reading the same files.
 T0_OF = {"tfcascade-gzip": "tfdata-gzip", "tfdata-gzip": "tfdata-gzip"}
 BREAKDOWN_PIECES = [
-    ("read", "read: Python framing reader, 2 CRCs per record (the job's)"),
+    ("read", "read: Python framing reader, 2 CRCs per record (the job's Python path)"),
     ("read-gzip", "read gzip: the same reader on the gzip copy of the files"),
     ("read-tfdata", "read with tf.data's C++ TFRecordDataset, records to Python bytes (not used)"),
-    ("score", "score: CascadeSession.run (in-graph parse + A + B)"),
+    ("score", "score: CascadeSession.run (in-graph parse + A + B) on fed records"),
+    ("read-score-in-graph", "read + score in one session call: TF's reader, CRCs, parse + A + B "
+                            "(the job's happy path)"),
     ("dofn-score", "DoFn beyond the engine: split, checks, passthrough, encode"),
     ("write", "write: ShardWriter appends the encoded blobs"),
     ("outside_models", "**outside the models: read + DoFn beyond the engine + write**"),

@@ -41,7 +41,7 @@ def unit_settings(config: JobConfig, run: RunStaging, pre: Preflight) -> UnitSet
       run=run, run_key=pre.run_key, chunk_size=config.batch_size,
       chunk_bytes=config.batch_bytes, max_record_bytes=config.input.max_record_bytes,
       on_corrupt=config.input.on_corrupt, predictions_suffix=predictions_suffix(config),
-      compression=config.output.compression)
+      compression=config.output.compression, read_in_graph=config.input.read_in_graph)
 
 
 def build_pipeline(p: beam.Pipeline, config: JobConfig, pre: Preflight,

@@ -65,6 +65,9 @@ class Input(_Model):
   # Uncompressed files larger than this are read by several workers in byte
   # ranges (record boundaries from a tfrecord2idx `.idx` file or a scan).
   split_bytes: pydantic.PositiveInt = 256 << 20
+  # Read local files inside TensorFlow where nothing needs a record's bytes
+  # (scoring.unit_batches); false: every record through the Python reader.
+  read_in_graph: bool = True
   features: Dict[str, Feature]
 
   @property

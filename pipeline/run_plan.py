@@ -63,7 +63,9 @@ def run_key(config: JobConfig, pinned: CascadeSpec) -> Dict[str, str]:
   def digest(obj) -> str:
     text = json.dumps(obj, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-  return {"config": digest(config.model_dump(mode="json")),
+  # How records are read does not change what a run writes.
+  return {"config": digest(config.model_dump(mode="json",
+                                             exclude={"input": {"read_in_graph"}})),
           "models": digest([[s.name, s.checkpoint, [list(f) for f in s.fingerprints]]
                             for s in pinned.stages])}
 

@@ -35,6 +35,8 @@ class RunCounts:
 
   Attributes:
     records_read: records the reader read (and handed on to be scored).
+    records_read_in_graph: of records_read, those TensorFlow's reader read
+      and the session scored without Python seeing them (scoring.unit_batches).
     rows_in: stage -> rows that reached it.
     rows_run: stage -> rows its model ran on (fewer when gated).
     dead_reasons: dead-letter reason (shortened) -> records.
@@ -47,6 +49,7 @@ class RunCounts:
       `tfcascade report`).
   """
   records_read: int = 0
+  records_read_in_graph: int = 0
   rows_in: collections.Counter = dataclasses.field(default_factory=_counter)
   rows_run: collections.Counter = dataclasses.field(default_factory=_counter)
   dead_reasons: collections.Counter = dataclasses.field(default_factory=_counter)
@@ -59,6 +62,7 @@ class RunCounts:
   def add(self, other: "RunCounts") -> "RunCounts":
     """Adds `other` into this one (in place); returns self."""
     self.records_read += other.records_read
+    self.records_read_in_graph += other.records_read_in_graph
     self.rows_in.update(other.rows_in)
     self.rows_run.update(other.rows_run)
     self.dead_reasons.update(other.dead_reasons)
@@ -84,7 +88,9 @@ class RunCounts:
 
   def to_json(self) -> dict:
     """A JSON-able dict (for unit commits); from_json reads it back."""
-    return {"records_read": self.records_read, "rows_in": dict(self.rows_in),
+    return {"records_read": self.records_read,
+            "records_read_in_graph": self.records_read_in_graph,
+            "rows_in": dict(self.rows_in),
             "rows_run": dict(self.rows_run), "dead_reasons": dict(self.dead_reasons),
             "quarantined": dict(self.quarantined),
             "files": [list(f) for f in self.files],
@@ -94,6 +100,7 @@ class RunCounts:
   @classmethod
   def from_json(cls, data: dict) -> "RunCounts":
     return cls(records_read=int(data["records_read"]),
+               records_read_in_graph=int(data.get("records_read_in_graph", 0)),
                rows_in=collections.Counter(data["rows_in"]),
                rows_run=collections.Counter(data["rows_run"]),
                dead_reasons=collections.Counter(data["dead_reasons"]),

@@ -1,8 +1,9 @@
 """One unit of work, the same on every engine: a ReadRange read, scored,
 written into its own staged files, and committed.
 
-    read (reading.record_ranges) -> score (scoring.chunk_scorer)
-      -> write (writing.shard_writer) -> commit (publishing.unit_commits)
+    read (scoring.unit_batches: in TF, or reading.record_ranges)
+      -> score (scoring.chunk_scorer) -> write (writing.shard_writer)
+      -> commit (publishing.unit_commits)
 
 The Beam DoFn and the Spark task both call `run_unit` and differ only in how
 they hold the session and report metrics. A unit's files are its own (unique
@@ -20,6 +21,7 @@ being gathered (writing.parquet_writer.ROW_GROUP_BYTES at most).
 from __future__ import annotations
 
 import dataclasses
+import concurrent.futures
 from concurrent.futures import Executor
 from typing import Callable, Dict, Optional
 
@@ -28,8 +30,9 @@ from tfcascade.transforms.formats.dead_letters import entry_line
 from tfcascade.transforms.publishing import output_layout as layout
 from tfcascade.transforms.publishing import unit_commits
 from tfcascade.transforms.publishing.run_registry import RunStaging
-from tfcascade.transforms.reading.record_ranges import ReadRange, RecordChunk, read_range
+from tfcascade.transforms.reading.record_ranges import ReadRange
 from tfcascade.transforms.scoring.chunk_scorer import ChunkScorer, ScoredChunk
+from tfcascade.transforms.scoring.unit_batches import unit_batches
 from tfcascade.transforms.writing.parquet_writer import PARQUET_SUFFIX, ParquetShardWriter
 from tfcascade.transforms.writing.shard_writer import ShardWriter
 
@@ -45,6 +48,7 @@ class UnitSettings:
   on_corrupt: str
   predictions_suffix: str  # says the format: run_plan.predictions_suffix
   compression: str  # of the predictions: none | gzip, or the Parquet codec
+  read_in_graph: bool = True  # input.read_in_graph: scoring.unit_batches
 
 
 def _writers(settings: UnitSettings) -> Dict[str, ShardWriter]:
@@ -86,6 +90,11 @@ def run_unit(scorer: ChunkScorer, task: ReadRange, settings: UnitSettings,
   counts = RunCounts()
 
   def finish(chunk, inferred):
+    if inferred is None:  # the in-graph reader had no batch left
+      return
+    counts.records_read += inferred.rows
+    if not inferred.records:  # read inside TF (scoring.unit_batches)
+      counts.records_read_in_graph += inferred.rows
     scored = scorer.finish(chunk, inferred)
     for _, result in inferred.parts:  # numpy per part, not per row
       counts.histograms.record(result.outputs)
@@ -97,23 +106,29 @@ def run_unit(scorer: ChunkScorer, task: ReadRange, settings: UnitSettings,
       _write_entry(writers[layout.DEAD_LETTER], entry)
     counts.add(scored.counts())
 
+  batches = unit_batches(scorer, task, settings)
   pending = None
-  for item in read_range(task, settings.chunk_size, settings.max_record_bytes,
-                         settings.on_corrupt, settings.chunk_bytes):
-    if not isinstance(item, RecordChunk):  # the damaged rest of the range
-      counts.quarantined[item["source"]] += 1
-      _write_entry(writers[layout.QUARANTINE], item)
-      continue
-    counts.records_read += len(item.records)
-    if inferring is None:
-      finish(item, scorer.infer(item))
-      continue
-    future = inferring.submit(scorer.infer, item)
+  try:
+    for item in batches:
+      if isinstance(item, dict):  # the damaged rest of the range
+        counts.quarantined[item["source"]] += 1
+        _write_entry(writers[layout.QUARANTINE], item)
+        continue
+      chunk, infer = item
+      if inferring is None:
+        finish(chunk, infer())
+        continue
+      future = inferring.submit(infer)
+      if pending is not None:
+        finish(pending[0], pending[1].result())
+      pending = (chunk, future)
     if pending is not None:
       finish(pending[0], pending[1].result())
-    pending = (item, future)
-  if pending is not None:
-    finish(pending[0], pending[1].result())
+      pending = None
+  finally:
+    if pending is not None:  # a reader slot is free only once its call returned
+      concurrent.futures.wait([pending[1]])
+    batches.close()
   for writer in writers.values():
     written = writer.close()
     if written is not None:

@@ -15,6 +15,7 @@ import atexit
 import dataclasses
 import os
 import re
+import threading
 import time
 import weakref
 from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
@@ -28,6 +29,7 @@ from tfcascade.transforms.engine.combine import input_problem as combine_input_p
 from tfcascade.transforms.engine.final_answer import final_graph, final_outputs, signature
 from tfcascade.transforms.engine.gate import (MEASURES, OPERATORS, Gate, operand_problem,
                                               stage_gate)
+from tfcascade.transforms.engine.in_graph_reader import ReaderGraph, build_reader
 from tfcascade.transforms.engine.pinning import verify_pins
 from tfcascade.transforms.engine.sources import PlacedModel, place_model
 from tfcascade.transforms.engine.spec import (ENGINE_SCOPE, FEATURE_DTYPES, FINAL,
@@ -99,7 +101,9 @@ class CascadeGraph:
 
   Attributes:
     graph: the one graph holding every model.
-    serialized: the tf.string [batch] placeholder fed with serialized Examples.
+    serialized: the tf.string [batch] input: serialized Examples fed by the
+      caller, or by default the in-graph reader's batch.
+    reader: the in-graph reader (engine.in_graph_reader).
     parsed: feature name -> its parsed [batch, ...] tensor (the in-graph parse).
     fetches: engine output name ("<stage>/<output>", "<stage>/ran",
       "final/<output>", "final/stage") -> tensor.
@@ -111,12 +115,29 @@ class CascadeGraph:
   """
   graph: tf.Graph
   serialized: tf.Tensor
+  reader: ReaderGraph
   parsed: Dict[str, tf.Tensor]
   fetches: Dict[str, tf.Tensor]
   passthrough: Dict[str, tf.Tensor]
   rows_run: Dict[str, tf.Tensor]
   models: Dict[str, PlacedModel]
   plan: List[StagePlan]
+
+
+class ReadBatch(NamedTuple):
+  """What the in-graph reader read for one call (CascadeSession.read_and_run).
+
+  Attributes:
+    rows: records scored (the batch's records inside the range's budget).
+    consumed: their framed bytes in the file (uncompressed offsets).
+    returned: records the reader returned; more than `rows` once the range
+      ended inside the batch.
+    largest: the longest scored record, in bytes.
+  """
+  rows: int
+  consumed: int
+  returned: int
+  largest: int
 
 
 class CascadeResult(NamedTuple):
@@ -154,7 +175,10 @@ def build_cascade_graph(spec: CascadeSpec) -> CascadeGraph:
   rows_run, models, plan = {}, {}, []
   with graph.as_default():
     with _engine_scope("input"):
-      serialized = tf.compat.v1.placeholder(tf.string, [None], name=SERIALIZED_INPUT)
+      with tf.name_scope("reader"):
+        reader = build_reader()
+      serialized = tf.compat.v1.placeholder_with_default(reader.batch, [None],
+                                                         name=SERIALIZED_INPUT)
       parsed = _parse_features(serialized, spec.features)
       batch = tf.shape(serialized, out_type=tf.int64)[0]
     available = {f"features.{name}": t for name, t in parsed.items()}
@@ -183,7 +207,7 @@ def build_cascade_graph(spec: CascadeSpec) -> CascadeGraph:
       stage_outputs[stage.name], ran[stage.name] = outputs, mask
     with _engine_scope(FINAL):
       fetches.update(_final_fetches(spec, stage_outputs, ran, batch))
-  return CascadeGraph(graph, serialized, dict(parsed), fetches, passthrough, rows_run,
+  return CascadeGraph(graph, serialized, reader, dict(parsed), fetches, passthrough, rows_run,
                       models, plan)
 
 
@@ -501,9 +525,16 @@ class CascadeSession:
                                f" failed: {e.message.splitlines()[0]}") from e
       graph.finalize()
       verify_pins(spec, "while this worker restored it")
-      self._callable = self._make_callable(
-          list(self.cascade.fetches.values()) + list(self.cascade.passthrough.values())
-          + list(self.cascade.rows_run.values()))
+      results = (list(self.cascade.fetches.values()) + list(self.cascade.passthrough.values())
+                 + list(self.cascade.rows_run.values()))
+      self._callable = self._make_callable(results)
+      reader = self.cascade.reader
+      self._read_callable = self._make_callable(
+          results + [reader.kept, reader.consumed, reader.returned, reader.largest],
+          feeds=[reader.handle, reader.budget])
+      self._slot_handles = self._session.run(reader.slot_handles)
+      self._free_slots = list(range(len(self._slot_handles)))
+      self._slots_lock = threading.Lock()
       # Parsing alone: tells a record that does not parse from a model that
       # fails, at a fraction of a cascade call.
       self._parse_callable = self._make_callable(list(self.cascade.parsed.values()))
@@ -515,11 +546,13 @@ class CascadeSession:
     # are gone raises AttributeError in __del__ (docs/design.md, fact 4).
     atexit.register(_close_if_alive, weakref.ref(self))
 
-  def _make_callable(self, fetches: Sequence[tf.Tensor]):
-    """A C++ callable from the serialized batch to `fetches`: it skips
-    Session.run's per-call Python bookkeeping (docs/design.md, fact 4)."""
+  def _make_callable(self, fetches: Sequence[tf.Tensor],
+                     feeds: Optional[Sequence[tf.Tensor]] = None):
+    """A C++ callable from `feeds` (default: the serialized batch) to
+    `fetches`: it skips Session.run's per-call Python bookkeeping
+    (docs/design.md, fact 4)."""
     options = config_pb2.CallableOptions()
-    options.feed.append(self.cascade.serialized.name)
+    options.feed.extend(t.name for t in (feeds or [self.cascade.serialized]))
     options.fetch.extend(t.name for t in fetches)
     return self._session._make_callable_from_options(options)  # pylint: disable=protected-access
 
@@ -554,16 +587,57 @@ class CascadeSession:
       tf.errors.OpError: a record does not parse (InvalidArgumentError), or a
         stage's model fails; `parse` and `stage_of` tell which.
     """
-    values = iter(self._callable(np.asarray(serialized, dtype=object)))
+    return self._result(iter(self._callable(np.asarray(serialized, dtype=object))))
+
+  def _result(self, values) -> CascadeResult:
     outputs = {name: next(values) for name in self.output_names}
     passthrough = {name: next(values) for name in self._passthrough_names}
     rows_run = {name: int(next(values)) for name in self._stage_names}
     return CascadeResult(outputs, passthrough, rows_run)
 
+  # --- reading in-graph (engine.in_graph_reader) -------------------------------
+
+  def open_reader(self, path: str, compression: str, byte_offset: int, skip: int,
+                  batch_size: int) -> Optional[int]:
+    """Starts a reader slot on one file: records from `byte_offset`
+    (uncompressed files) after passing over `skip` records, in batches of
+    `batch_size`. Returns the slot, or None when every slot is reading."""
+    with self._slots_lock:
+      if not self._free_slots:
+        return None
+      slot = self._free_slots.pop()
+    try:
+      reader = self.cascade.reader
+      self._session.run(reader.initializers[slot], feed_dict=reader.feeds(
+          path, compression, byte_offset, skip, batch_size))
+    except BaseException:
+      self.close_reader(slot)
+      raise
+    return slot
+
+  def read_and_run(self, slot: int, budget: int) -> Tuple[CascadeResult, ReadBatch]:
+    """Reads the slot's next batch (the records of its `budget` framed bytes
+    at most) and runs the cascade on it.
+
+    Raises:
+      tf.errors.OutOfRangeError: the file has no more records.
+      tf.errors.OpError: a damaged record (DataLossError), a record that does
+        not parse, or a stage failing; the caller rereads the batch outside
+        TF to tell which.
+    """
+    values = iter(self._read_callable(self._slot_handles[slot], np.int64(budget)))
+    result = self._result(values)
+    return result, ReadBatch(*(int(next(values)) for _ in ReadBatch._fields))
+
+  def close_reader(self, slot: int) -> None:
+    """Frees a slot from open_reader."""
+    with self._slots_lock:
+      self._free_slots.append(slot)
+
   def close(self) -> None:
     """Releases the callable and the session; safe to call twice."""
     # Release the C++ callables before the session.
-    self._callable = self._parse_callable = None
+    self._callable = self._parse_callable = self._read_callable = None
     if getattr(self, "_session", None) is not None:
       self._session.close()
       self._session = None

@@ -76,6 +76,7 @@ def summarize(counts: RunCounts, info: dict) -> dict:
       "run_key": info.get("run_key"),
       "records_read": read,
       "records_resumed": counts.records_resumed,
+      "records_read_in_graph": counts.records_read_in_graph,
       "records_written": written,
       "records_dead_lettered": dead,
       "accounted": read == written + dead,

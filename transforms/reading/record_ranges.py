@@ -25,7 +25,8 @@ from tfcascade.transforms.formats import tfrecord_framing as framing
 from tfcascade.transforms.paths import file_metadata
 
 __all__ = ["InputFile", "RecordChunk", "ReadRange", "CorruptInputError",
-           "InputChangedError", "file_pin", "open_raw", "plan_ranges", "read_range"]
+           "InputChangedError", "check_pin", "file_pin", "open_raw", "plan_ranges",
+           "read_range", "read_records"]
 
 _LOG = logging.getLogger("tfcascade")
 
@@ -74,7 +75,8 @@ def file_pin(path: str) -> Tuple[int, float]:
   return found.size_in_bytes, float(found.last_updated_in_seconds or 0.0)
 
 
-def _check_pin(task: ReadRange, when: str) -> None:
+def check_pin(task: ReadRange, when: str) -> None:
+  """Raises InputChangedError unless the file is as the launcher pinned it."""
   if task.size < 0:
     return
   size, modified = file_pin(task.path)
@@ -147,20 +149,36 @@ def read_range(task: ReadRange, chunk_size: int, max_record_bytes: int,
     InputChangedError: the file is not as the launcher pinned it (checked
       before and after reading).
   """
-  _check_pin(task, "after the launcher planned the run")
-  yield from _read_checked(task, chunk_size, max_record_bytes, on_corrupt, chunk_bytes)
-  _check_pin(task, "while it was being read")
+  check_pin(task, "after the launcher planned the run")
+  yield from read_records(task, chunk_size, max_record_bytes, on_corrupt, chunk_bytes)
+  check_pin(task, "while it was being read")
 
 
-def _read_checked(task, chunk_size, max_record_bytes, on_corrupt, chunk_bytes):
-  salvaged = 0
+def read_records(task: ReadRange, chunk_size: int, max_record_bytes: int,
+                 on_corrupt: str, chunk_bytes: Optional[int] = None,
+                 from_record: Optional[Tuple[int, int]] = None
+                 ) -> Iterator[Union[RecordChunk, dict]]:
+  """read_range without the pin checks; from `from_record` (its index and,
+  in an uncompressed file, byte offset) instead of the range's start: how
+  a range is taken up again where the in-graph reader stopped."""
+  start_index, start_offset, skip, salvaged = task.start_index, task.start_offset, 0, 0
+  if from_record is not None:
+    if task.compression == "none":
+      start_index, start_offset = from_record
+      salvaged = start_index - task.start_index  # read in TF, good
+    else:  # no seeking into gzip: inflate again, pass over what was read
+      skip = from_record[0] - task.start_index
   try:
     for chunk in framing.read_record_chunks(
         task.path, compression=task.compression, chunk_size=chunk_size,
         chunk_bytes=chunk_bytes, max_record_bytes=max_record_bytes,
-        start_offset=task.start_offset, end_offset=task.end_offset,
-        start_index=task.start_index, open_fn=open_raw):
+        start_offset=start_offset, end_offset=task.end_offset,
+        start_index=start_index, open_fn=open_raw):
       salvaged += len(chunk)
+      if skip >= len(chunk):
+        skip -= len(chunk)
+        continue
+      chunk, skip = chunk[skip:], 0
       yield RecordChunk(task.path, chunk)
   except framing.CorruptRecordError as e:
     if on_corrupt == "fail":

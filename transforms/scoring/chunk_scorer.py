@@ -76,7 +76,8 @@ class ScoredChunk:
 @dataclasses.dataclass
 class Inferred:
   """A chunk's session results before encoding (ChunkScorer.infer)."""
-  records: List[bytes]  # the chunk's serialized records, by position
+  rows: int  # records in the batch
+  records: List[bytes]  # the chunk's serialized records, by position (none read in TF)
   scored: ScoredChunk  # counts and timings so far; blobs come in finish
   parts: List[Tuple[np.ndarray, CascadeResult]]  # (positions, result) that scored
   dead: List[Tuple[int, str]]  # (position, reason)
@@ -109,8 +110,19 @@ class ChunkScorer:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top; workers have TF
     # TF reports an unparseable record as InvalidArgumentError or, when its
     # message quotes non-UTF-8 record bytes, as a UnicodeDecodeError.
-    self._errors = (tf.errors.OpError, UnicodeDecodeError)
+    self.errors = (tf.errors.OpError, UnicodeDecodeError)
+    self.end_of_input = tf.errors.OutOfRangeError
     self._feature_type = tf.train.Feature
+
+  @property
+  def session(self):
+    return self._session
+
+  @property
+  def reads_in_graph(self) -> bool:
+    """Whether batches may be read inside TF (scoring.unit_batches): not
+    when passthrough features are copied from the record bytes."""
+    return not self._raw_passthrough
 
   def score(self, chunk: RecordChunk) -> ScoredChunk:
     """Scores a chunk: encoded good rows, dead letters, per-stage counts.
@@ -129,11 +141,28 @@ class ChunkScorer:
       StageFailedError: as in score.
     """
     records = [r for _, r in chunk.records]
-    inferred = Inferred(records, ScoredChunk([], [], {s: 0 for s in self._stages},
+    inferred = Inferred(len(records), records, ScoredChunk([], [], {s: 0 for s in self._stages},
                                              {s: 0 for s in self._stages}), [], [])
     inferred.parts = list(self._run_isolating(
         records, np.arange(len(records)), inferred.dead, inferred.scored, chunk))
     return inferred
+
+  def infer_in_graph(self, slot: int, budget: int):
+    """Reads a reader slot's next batch and scores it in one session call
+    (CascadeSession.read_and_run): (Inferred, ReadBatch). Nothing is
+    isolated here: a failing batch is read again on the Python path."""
+    start = time.perf_counter()
+    result, read = self._session.read_and_run(slot, budget)
+    scored = ScoredChunk([], [], {s: 0 for s in self._stages}, {s: 0 for s in self._stages},
+                         batch_latencies_us=[int((time.perf_counter() - start) * 1e6)])
+    return Inferred(read.rows, [], scored, [(np.arange(read.rows), result)], []), read
+
+  def all_finite(self, inferred: Inferred) -> bool:
+    """False when reject_non_finite would dead-letter a row of `inferred`."""
+    if not self._reject_non_finite:
+      return True
+    return all(np.isfinite(v).all() for _, result in inferred.parts
+               for v in result.outputs.values() if v.dtype.kind == "f")
 
   def finish(self, chunk: RecordChunk, inferred: Inferred) -> ScoredChunk:
     """The Python part of `score`: checks, passthrough copies, encoding."""
@@ -180,7 +209,7 @@ class ChunkScorer:
     start = time.perf_counter()
     try:
       result = self._session.run([records[p] for p in positions])
-    except self._errors as e:
+    except self.errors as e:
       out.failed_calls += 1
       return None, e
     out.batch_latencies_us.append(int((time.perf_counter() - start) * 1e6))
@@ -192,7 +221,7 @@ class ChunkScorer:
     try:
       self._session.parse([records[p] for p in positions])
       return []
-    except self._errors as e:
+    except self.errors as e:
       out.failed_calls += 1
       if len(positions) == 1:
         return [(int(positions[0]), _parse_reason(e))]
