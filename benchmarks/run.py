@@ -57,6 +57,9 @@ def plan_runs(small: int, big: int):
       if kind != "ultralight":  # every shipped config reads (and writes) gzip
         add(f"{kind}/tfdata-gzip", "tfdata", kind, n, layout="gzip")
         add(f"{kind}/tfcascade-gzip", "tfcascade", kind, n, layout="gzip", beam_args=DIRECT)
+      if kind == "light":  # gzip input against T0 on the same files, nothing else
+        add(f"{kind}/tfcascade-gzipin", "tfcascade", kind, n, layout="gzip",
+            output_compression="none", beam_args=DIRECT)
     if kind != "ultralight":
       for n in (small // 4, small):
         add(f"{kind}/naive", "naive", kind, n, layout="sharded", beam_args=DIRECT)

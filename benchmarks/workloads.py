@@ -173,7 +173,8 @@ def data_paths(workdir, n) -> Dict[str, str]:
 
 def job_config(spec) -> dict:
   """tfcascade's job config for a run spec (workdir, kind, n, out, and
-  optionally layout, gate + threshold, split_bytes); n = 0: the one-batch file."""
+  optionally layout, output_compression (default: the input's), gate +
+  threshold, split_bytes); n = 0: the one-batch file."""
   workdir, kind, n = spec["workdir"], spec["kind"], spec["n"]
   compression = "gzip" if spec.get("layout") == "gzip" else "none"
   pattern = (data_paths(workdir, n)[spec.get("layout", "sharded")]
@@ -194,7 +195,8 @@ def job_config(spec) -> dict:
       "stages": [stage("a", {"input:0": "features.x"},
                        {"logits": "logits:0", "confidence": "confidence:0"}), stage_b],
       "output": {"path": os.path.join(spec["out"], "predictions"), "format": "tfrecord",
-                 "passthrough": ["id"], "compression": compression},
+                 "passthrough": ["id"],
+                 "compression": spec.get("output_compression", compression)},
       "batch_size": BATCH,
   }
   if spec.get("split_bytes"):

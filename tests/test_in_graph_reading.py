@@ -256,3 +256,29 @@ def test_threads_sharing_the_session_read_in_graph_at_once(session, tmp_path):
   _assert_same(fast, slow)
   assert all(c.records_read_in_graph == 2000 - CHUNK for c in fast)
   assert len(glob.glob(str(tmp_path / "out*" / "**" / "predictions*"), recursive=True)) == SLOTS
+
+
+def test_a_row_lost_between_the_reader_and_the_outputs_is_seen(session, tmp_path,
+                                                               monkeypatch):
+  """records_read is the in-graph reader's own count, not the rows the
+  outputs hold: a row lost in between breaks read == written + dead, which
+  fails the run at publish (tests/test_success_contract.py)."""
+  original = CascadeSession.read_and_run
+  lost = []
+
+  def losing_one(self, slot, budget):
+    result, read = original(self, slot, budget)
+    if not lost:
+      lost.append(read.rows)
+      result = result._replace(
+          outputs={k: v[1:] for k, v in result.outputs.items()},
+          passthrough={k: v[1:] for k, v in result.passthrough.items()})
+    return result, read
+
+  monkeypatch.setattr(CascadeSession, "read_and_run", losing_one)
+  file = _write(tmp_path / "in", _records(300))
+  counts = run_unit(ChunkScorer(session, "tfrecord", ["id"], True),
+                    plan_ranges(file, 1 << 30, 1 << 20)[0], _settings(tmp_path / "out", True))
+  assert lost
+  assert counts.records_read == 300
+  assert counts.records_in("predictions") + counts.records_in("dead_letter") == 299

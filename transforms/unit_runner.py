@@ -92,8 +92,8 @@ def run_unit(scorer: ChunkScorer, task: ReadRange, settings: UnitSettings,
   def finish(chunk, inferred):
     if inferred is None:  # the in-graph reader had no batch left
       return
-    counts.records_read += inferred.rows
-    if not inferred.records:  # read inside TF (scoring.unit_batches)
+    if not chunk.records:  # read inside TF: the reader's count comes with the batch
+      counts.records_read += inferred.rows
       counts.records_read_in_graph += inferred.rows
     scored = scorer.finish(chunk, inferred)
     for _, result in inferred.parts:  # numpy per part, not per row
@@ -115,6 +115,7 @@ def run_unit(scorer: ChunkScorer, task: ReadRange, settings: UnitSettings,
         _write_entry(writers[layout.QUARANTINE], item)
         continue
       chunk, infer = item
+      counts.records_read += len(chunk.records)  # the Python reader's count
       if inferring is None:
         finish(chunk, infer())
         continue

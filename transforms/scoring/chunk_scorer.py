@@ -76,7 +76,7 @@ class ScoredChunk:
 @dataclasses.dataclass
 class Inferred:
   """A chunk's session results before encoding (ChunkScorer.infer)."""
-  rows: int  # records in the batch
+  rows: int  # records the reader read for this batch
   records: List[bytes]  # the chunk's serialized records, by position (none read in TF)
   scored: ScoredChunk  # counts and timings so far; blobs come in finish
   parts: List[Tuple[np.ndarray, CascadeResult]]  # (positions, result) that scored
@@ -155,7 +155,9 @@ class ChunkScorer:
     result, read = self._session.read_and_run(slot, budget)
     scored = ScoredChunk([], [], {s: 0 for s in self._stages}, {s: 0 for s in self._stages},
                          batch_latencies_us=[int((time.perf_counter() - start) * 1e6)])
-    return Inferred(read.rows, [], scored, [(np.arange(read.rows), result)], []), read
+    # rows as the outputs hold them, apart from the reader's count (read.rows)
+    rows = len(next(iter(result.outputs.values())))
+    return Inferred(read.rows, [], scored, [(np.arange(rows), result)], []), read
 
   def all_finite(self, inferred: Inferred) -> bool:
     """False when reject_non_finite would dead-letter a row of `inferred`."""

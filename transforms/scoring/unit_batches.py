@@ -60,9 +60,10 @@ def unit_batches(scorer: ChunkScorer, task: ReadRange, settings
   if first is not None:
     yield first
     start = _in_graph_start(scorer, task, settings, first)
-    if start is not None:
+    slot = None if start is None else _open_slot(scorer, task, settings, *start)
+    if slot is not None:
       python.close()
-      resume = yield from _in_graph(scorer, task, settings, *start)
+      resume = yield from _in_graph(scorer, task, settings, slot, *start)
       python = iter(()) if resume is None else _python(scorer, task, settings, *resume)
     yield from python
   check_pin(task, "while it was being read")
@@ -92,15 +93,21 @@ def _in_graph_start(scorer, task, settings, first) -> Optional[Tuple[int, int]]:
   return index, task.start_offset + sum(len(r) + _FRAME_BYTES for _, r in chunk.records)
 
 
-def _in_graph(scorer, task, settings, index, offset):
+def _open_slot(scorer, task, settings, index, offset) -> Optional[int]:
+  """A reader slot started at record `index` (byte `offset`), or None: every
+  slot is busy, or TF cannot start (the Python path will say why)."""
+  gzip = task.compression != "none"
+  try:
+    return scorer.session.open_reader(
+        task.path, task.compression, 0 if gzip else offset,
+        index - task.start_index if gzip else 0, settings.chunk_size)
+  except scorer.errors:
+    return None
+
+
+def _in_graph(scorer, task, settings, slot, index, offset):
   """Yields the in-graph batches of the range from record `index`; returns
   (index, offset) where the Python path takes over, or None: range read."""
-  gzip = task.compression != "none"
-  session = scorer.session
-  slot = session.open_reader(task.path, task.compression, 0 if gzip else offset,
-                             index - task.start_index if gzip else 0, settings.chunk_size)
-  if slot is None:
-    return index, offset
   reading = _InGraphRange(scorer, task, settings, slot, index, offset)
   try:
     while reading.open:
