@@ -44,6 +44,8 @@ SYSTEM_ROWS = [
     ("tfdata-gzip", "T0 on gzip input"),
     ("tfcascade-gzip", "tfcascade, gzip input and gzip output"),
     ("tfcascade-gzipin", "tfcascade, gzip input, uncompressed output"),
+    ("tfcascade-pyread", "tfcascade, DirectRunner in-process, every record read in Python "
+                         "(input.read_in_graph: false)"),
 ]
 # The T0 a system is compared with: the one reading the same files.
 T0_OF = {"tfcascade-gzip": "tfdata-gzip", "tfdata-gzip": "tfdata-gzip",

@@ -60,6 +60,9 @@ def plan_runs(small: int, big: int):
       if kind == "light":  # gzip input against T0 on the same files, nothing else
         add(f"{kind}/tfcascade-gzipin", "tfcascade", kind, n, layout="gzip",
             output_compression="none", beam_args=DIRECT)
+        # what reading inside TF gains: the same job with the Python reader only
+        add(f"{kind}/tfcascade-pyread", "tfcascade", kind, n, layout="sharded",
+            read_in_graph=False, beam_args=DIRECT)
     if kind != "ultralight":
       for n in (small // 4, small):
         add(f"{kind}/naive", "naive", kind, n, layout="sharded", beam_args=DIRECT)

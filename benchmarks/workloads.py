@@ -174,7 +174,7 @@ def data_paths(workdir, n) -> Dict[str, str]:
 def job_config(spec) -> dict:
   """tfcascade's job config for a run spec (workdir, kind, n, out, and
   optionally layout, output_compression (default: the input's), gate +
-  threshold, split_bytes); n = 0: the one-batch file."""
+  threshold, split_bytes, read_in_graph); n = 0: the one-batch file."""
   workdir, kind, n = spec["workdir"], spec["kind"], spec["n"]
   compression = "gzip" if spec.get("layout") == "gzip" else "none"
   pattern = (data_paths(workdir, n)[spec.get("layout", "sharded")]
@@ -201,6 +201,8 @@ def job_config(spec) -> dict:
   }
   if spec.get("split_bytes"):
     config["input"]["split_bytes"] = spec["split_bytes"]
+  if "read_in_graph" in spec:
+    config["input"]["read_in_graph"] = spec["read_in_graph"]
   return config
 
 
