@@ -33,6 +33,17 @@ once each record must become Python bytes (~1.6 vs ~0.76 us/row of CPU). The
 gap between end-to-end and steady rates here and vanishes on runs of millions
 of rows; the gate at 10% pass is bounded by A, parsing, reading and writing,
 which do not shrink.
+
+**Since this run** the job reads records inside TensorFlow after each unit's
+first chunk (docs/design.md, fact 13), so the tables below predate it (their
+"read + score in one session call" row is empty). Side by side on 2026-12-03
+(`--quick --sizes 100000,400000 --reps 3 --only light`, a machine ~3-4x
+slower per row that day, steady medians): light in-process 145k rows/s vs 98k
+with `input.read_in_graph: false` (1.47x), 1.19x T0 (target 0.8x: met);
+gzip input with uncompressed output 0.80x T0 on the same gzip files
+(least-disturbed runs 0.76x: at the target, not clearly over it). A full
+rerun of this benchmark (over an hour at that day's speed) did not fit the
+session.
 """
 
 SYSTEM_ROWS = [
@@ -565,6 +576,20 @@ lower rate (64k rows/s vs 98k) keep it at 0.65-0.77x; Prism, its SDK worker in
 the launcher process, at 0.76x. Wall times of the last round were disturbed by
 other work on the machine (others' CPU up to 55 s in one run); medians of 3
 rounds are shown.
+
+**Since this run** records are read inside TensorFlow (docs/design.md, fact
+13) and the default's threshold for worker processes follows the measured
+break-even; not rerun in full. Side by side on 2026-12-03 afternoon
+(`--systems direct,default,direct-mp2` and `--systems direct,spark-local2`,
+`--results FILE`, 3 rounds each, medians): one process 91k rows/s end to end
+at 3M (1.31x this table's 69.7k), keeping ~1.36 cores busy; a worker per core
+0.95x end to end, 1.22x steady (~4.3 s more start-up, ~1.3 us/row saved:
+break-even ~3.2M rows, so on 2 cores the default now stays in-process below
+640 MiB of input); Beam's multi_processing 0.88x / 1.23x; Spark local[2]
+0.72x end to end, 1.28x steady: its two slots together score as fast as two
+DirectRunner processes (171k vs 165k rows/s), 85k rows/s a slot, 0.64x one
+process (which uses 1.36 cores; 0.87x per core); what it still lacks is its
+fixed cost (29.7-33.4 s at 1M vs 16.2-22.2 s).
 """
 
 

@@ -136,6 +136,9 @@ def main(argv=None):
   parser.add_argument("--workdir", default="/tmp/tfcascade-bench-scale",
                       help="data, outputs and the cluster's state (not in the repo)")
   parser.add_argument("--timeout", type=float, default=900, help="seconds per run")
+  parser.add_argument("--results", default=None,
+                      help="write this run's json (with medians) here instead of publishing "
+                           "it into scale.json, RESULTS.md and the README (a subset of systems)")
   parser.add_argument("--report-only", action="store_true",
                       help="recompute the medians of scale.json's runs and rebuild RESULTS.md "
                            "and the README's scale line from them")
@@ -149,8 +152,8 @@ def main(argv=None):
   systems = [s.strip() for s in args.systems.split(",") if s.strip()]
   if set(systems) - set(SYSTEMS) or REFERENCE not in systems:
     parser.error(f"--systems: only {','.join(SYSTEMS)}, with {REFERENCE!r} (the reference)")
-  results_json = (os.path.join(args.workdir, "scale-quick.json") if args.quick
-                  else RESULTS_JSON)
+  results_json = args.results or (os.path.join(args.workdir, "scale-quick.json")
+                                  if args.quick else RESULTS_JSON)
   started = time.time()
   log = logger(started)
   os.makedirs(args.workdir, exist_ok=True)
@@ -205,7 +208,7 @@ def main(argv=None):
   data["elapsed_s"] = round(time.time() - started, 1)
   data["loadavg_1m"] = [r["loadavg_1m_at_start"] for r in data["runs"]]
   data["others_cpu_s_median"] = statistics.median(r["others_cpu_s"] for r in data["runs"])
-  if args.quick:
+  if args.quick or args.results:
     data["medians"] = summarize(data["runs"], data["sizes"], data["systems"])
     with open(results_json, "w") as f:
       json.dump(data, f, indent=1)

@@ -27,9 +27,14 @@ from typing import List, Optional, Sequence
 
 from tfcascade.pipeline import quiet
 
-# Below this much input (compressed bytes on disk), one process: extra
-# processes cost ~1-3 s each to load on a 2-core machine, which only a few
-# hundred thousand light rows repay (docs/performance.md, measured).
+# Below min_input_bytes(cores) of input (compressed bytes on disk), one
+# process. Measured on 2 cores (benchmarks.scale, demo job, gzip): worker
+# processes cost ~4.3 s more to start than the in-process run and save ~1.3 us
+# per row in steady state, so they pay from ~3.2M rows, ~600 MB of gzip
+# (docs/performance.md). Each further core adds a process's rows per second
+# for the same start-up (the workers start in parallel), so the break-even
+# shrinks with the cores; never below MIN_INPUT_BYTES.
+BREAK_EVEN_BYTES_2_CORES = 640 << 20
 MIN_INPUT_BYTES = 64 << 20
 _WORKER_MODULE = "tfcascade.transforms.beam.warm_worker"
 
@@ -79,14 +84,19 @@ def choose(input_bytes: int, units: int, wanted: Optional[int] = None,
     why = f"--direct_num_workers={wanted}; {size}"
   elif available < 2:
     workers, why = 1, f"1 core; {size}"
-  elif input_bytes < MIN_INPUT_BYTES:
-    workers, why = 1, (f"{size}: under {MIN_INPUT_BYTES >> 20} MiB, too little to pay "
-                       f"for {available} worker start-ups")
+  elif input_bytes < min_input_bytes(available):
+    workers, why = 1, (f"{size}: under {min_input_bytes(available) >> 20} MiB, too little "
+                       f"to pay for {available} worker start-ups")
   else:
     workers, why = min(available, units), f"one per core of {available}; {size}"
   if workers <= 1:
     return Choice(1, f"in-process ({why})")
   return Choice(workers, f"with {workers} worker processes ({why})")
+
+
+def min_input_bytes(available: int) -> int:
+  """The least input for which the default starts a worker per core."""
+  return max(MIN_INPUT_BYTES, BREAK_EVEN_BYTES_2_CORES // max(available - 1, 1))
 
 
 def units_of(files, split_bytes: int) -> int:

@@ -21,12 +21,16 @@ MIB = 2**20
 
 
 @pytest.mark.parametrize("input_bytes, units, wanted, available, workers, says", [
-    (600 * MIB, 24, None, 2, 2, "one per core of 2"),
-    (600 * MIB, 24, None, 16, 16, "one per core of 16"),
-    (600 * MIB, 3, None, 16, 3, "with 3 worker processes"),  # never more than units
+    (700 * MIB, 24, None, 2, 2, "one per core of 2"),
+    (600 * MIB, 24, None, 2, 1, "under 640 MiB, too little to pay for 2 worker start-ups"),
+    (600 * MIB, 24, None, 4, 4, "one per core of 4"),  # break-even 213 MiB on 4 cores
+    (200 * MIB, 24, None, 4, 1, "under 213 MiB"),
+    (70 * MIB, 24, None, 16, 16, "one per core of 16"),  # never below 64 MiB
+    (60 * MIB, 24, None, 16, 1, "under 64 MiB"),
+    (700 * MIB, 3, None, 16, 3, "with 3 worker processes"),  # never more than units
     (10 * MIB, 24, None, 2, 1, "too little to pay for 2 worker start-ups"),
-    (600 * MIB, 24, None, 1, 1, "1 core"),
-    (600 * MIB, 1, None, 2, 1, "in-process"),
+    (700 * MIB, 24, None, 1, 1, "1 core"),
+    (700 * MIB, 1, None, 2, 1, "in-process"),
     (1 * MIB, 3, 2, 2, 2, "--direct_num_workers=2"),  # asked: even for a small input
     (1 * MIB, 3, 0, 4, 3, "--direct_num_workers=0"),  # 0: one per core, capped by units
     (1 * MIB, 3, 1, 4, 1, "in-process (--direct_num_workers=1"),
