@@ -199,7 +199,8 @@ def main(argv=None):
                       help="small,big rows (default 100000,400000; quick 4000,16000)")
   parser.add_argument("--workdir", default="/tmp/tfcascade-bench",
                       help="data, models and outputs (not in the repo)")
-  parser.add_argument("--only", default=None, help="run configurations whose name contains this")
+  parser.add_argument("--only", default=None, help="run configurations whose name contains this (results in the work dir, "
+                           "like --quick)")
   parser.add_argument("--budget-min", type=float, default=None,
                       help="start no new round after this many minutes")
   parser.add_argument("--report-only", action="store_true",
@@ -212,7 +213,7 @@ def main(argv=None):
   # One folder per size pair, so quick and full runs keep their own data.
   workdir = os.path.join(args.workdir, f"{small}_{big}")
   results_json, results_md = RESULTS_JSON, RESULTS_MD
-  if args.quick:  # never replaces the committed results
+  if args.quick or args.only:  # a smoke run or a subset never replaces the committed results
     results_json = os.path.join(workdir, "results-quick.json")
     results_md = os.path.join(workdir, "RESULTS-quick.md")
   if args.report_only:
@@ -276,7 +277,8 @@ def main(argv=None):
         if not check.get("ok"):
           log(f"  OUTPUT CHECK FAILED: {check}")
       data["elapsed_s"] = time.time() - started
-      _save(data, results_json)
+      # progress in the work dir: an interrupted run never replaces results_json
+      _save(data, os.path.join(workdir, "results-partial.json"))
     data["reps_done"] = rep + 1
   if not args.only or args.only in "writers":
     # The output writers side by side (benchmarks.writers), TF-free but in a
@@ -288,7 +290,7 @@ def main(argv=None):
     log("output writers measured")
   data["elapsed_s"] = time.time() - started
   _save(data, results_json)
-  _write_reports(data, results_md, args.quick)
+  _write_reports(data, results_md, args.quick or bool(args.only))
   print(report.headline(data))
 
 
