@@ -21,8 +21,7 @@ being gathered (writing.parquet_writer.ROW_GROUP_BYTES at most).
 from __future__ import annotations
 
 import dataclasses
-import concurrent.futures
-from concurrent.futures import Executor
+from concurrent.futures import Executor, wait
 from typing import Callable, Dict, Optional
 
 from tfcascade.transforms.accounting import RunCounts
@@ -128,7 +127,7 @@ def run_unit(scorer: ChunkScorer, task: ReadRange, settings: UnitSettings,
       pending = None
   finally:
     if pending is not None:  # a reader slot is free only once its call returned
-      concurrent.futures.wait([pending[1]])
+      wait([pending[1]])
     batches.close()
   for writer in writers.values():
     written = writer.close()

@@ -141,8 +141,7 @@ class ChunkScorer:
       StageFailedError: as in score.
     """
     records = [r for _, r in chunk.records]
-    inferred = Inferred(len(records), records, ScoredChunk([], [], {s: 0 for s in self._stages},
-                                             {s: 0 for s in self._stages}), [], [])
+    inferred = Inferred(len(records), records, self._unscored(), [], [])
     inferred.parts = list(self._run_isolating(
         records, np.arange(len(records)), inferred.dead, inferred.scored, chunk))
     return inferred
@@ -153,11 +152,14 @@ class ChunkScorer:
     isolated here: a failing batch is read again on the Python path."""
     start = time.perf_counter()
     result, read = self._session.read_and_run(slot, budget)
-    scored = ScoredChunk([], [], {s: 0 for s in self._stages}, {s: 0 for s in self._stages},
-                         batch_latencies_us=[int((time.perf_counter() - start) * 1e6)])
+    scored = self._unscored()
+    scored.batch_latencies_us.append(int((time.perf_counter() - start) * 1e6))
     # rows as the outputs hold them, apart from the reader's count (read.rows)
     rows = len(next(iter(result.outputs.values())))
     return Inferred(read.rows, [], scored, [(np.arange(rows), result)], []), read
+
+  def _unscored(self) -> ScoredChunk:
+    return ScoredChunk([], [], {s: 0 for s in self._stages}, {s: 0 for s in self._stages})
 
   def all_finite(self, inferred: Inferred) -> bool:
     """False when reject_non_finite would dead-letter a row of `inferred`."""

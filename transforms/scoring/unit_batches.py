@@ -127,7 +127,6 @@ class _InGraphRange:
                     else task.end_offset - offset)
     self.open = True
     self.resume: Optional[Tuple[int, int]] = None
-    self._finished = False
 
   def next(self) -> Optional[Inferred]:
     """The next batch scored, or None once the range ended or the Python
@@ -162,6 +161,4 @@ class _InGraphRange:
     return None
 
   def close(self) -> None:
-    if not self._finished:
-      self._finished = True
-      self._scorer.session.close_reader(self._slot)
+    self._scorer.session.close_reader(self._slot)
