@@ -16,8 +16,7 @@ import pytest
 import tensorflow as tf
 
 from tests import tiny_models as tm
-from tfcascade.transforms.engine import (CascadeSession, CascadeSpec, FeatureSpec,
-                                         ModelSource, StageSpec)
+from tfcascade.transforms.engine import CascadeSession
 from tfcascade.transforms.engine.in_graph_reader import SLOTS
 from tfcascade.transforms.formats import tfrecord_framing as framing
 from tfcascade.transforms.publishing.run_registry import RunStaging
@@ -31,18 +30,8 @@ CHUNK = 64
 
 @pytest.fixture(scope="module")
 def spec(tmp_path_factory):
-  root = tmp_path_factory.mktemp("models")
-  a = tm.save_linear(str(root / "a"), seed=1)
-  b = tm.save_two_input(str(root / "b"), seed=2)
-  return CascadeSpec(
-      (FeatureSpec("id", "string"), FeatureSpec("pixels", "float32", (64,))),
-      (StageSpec("a", ModelSource("meta_graph", f"{a}/model.meta"), a, "a",
-                 {"input:0": "features.pixels"},
-                 {"logits": "logits:0", "confidence": "confidence:0"}),
-       StageSpec("b", ModelSource("meta_graph", f"{b}/model.meta"), b, "b",
-                 {"input:0": "a.logits", "pixels:0": "features.pixels"},
-                 {"probs": "probs:0"}, run_if="a.confidence < 0.3")),
-      passthrough=("id",))
+  return tm.linear_cascade_spec(tmp_path_factory.mktemp("models"), "a.confidence < 0.3",
+                                passthrough=("id",))
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,7 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 from tests import tiny_models as tm
 from tfcascade.transforms.accounting import RunCounts
 from tfcascade.transforms.beam.score_units import ScoreUnits
-from tfcascade.transforms.engine import (CascadeSession, CascadeSpec, FeatureSpec,
-                                         ModelSource, StageSpec)
+from tfcascade.transforms.engine import CascadeSession
 from tfcascade.transforms.formats import tfrecord_framing as framing
 from tfcascade.transforms.publishing import unit_commits
 from tfcascade.transforms.publishing.run_registry import RunStaging
@@ -35,17 +34,7 @@ RUN_KEY = {"config": "test", "models": "test"}
 
 @pytest.fixture(scope="module")
 def spec(tmp_path_factory):
-  root = tmp_path_factory.mktemp("models")
-  a = tm.save_linear(str(root / "a"), seed=1)
-  b = tm.save_two_input(str(root / "b"), seed=2)
-  return CascadeSpec(
-      (FeatureSpec("id", "string"), FeatureSpec("pixels", "float32", (64,))),
-      (StageSpec("a", ModelSource("meta_graph", f"{a}/model.meta"), a, "a",
-                 {"input:0": "features.pixels"},
-                 {"logits": "logits:0", "confidence": "confidence:0"}),
-       StageSpec("b", ModelSource("meta_graph", f"{b}/model.meta"), b, "b",
-                 {"input:0": "a.logits", "pixels:0": "features.pixels"},
-                 {"probs": "probs:0"}, run_if="a.confidence < 0.99")))
+  return tm.linear_cascade_spec(tmp_path_factory.mktemp("models"), "a.confidence < 0.99")
 
 
 def _records(n, seed=0, prefix="id"):

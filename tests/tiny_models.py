@@ -248,3 +248,22 @@ def save_tf2_two_heads(export_dir, seed):
   tf.saved_model.save(module, export_dir, signatures={
       "serving_default": module.head_a, "other": module.head_b})
   return export_dir
+
+
+def linear_cascade_spec(root, run_if, passthrough=()):
+  """The engine's spec of a 2-stage cascade on `pixels`: a linear model A
+  (save_linear) feeding B (save_two_input) gated by `run_if`, saved under
+  `root`."""
+  from tfcascade.transforms.engine import (  # pylint: disable=g-import-not-at-top
+      CascadeSpec, FeatureSpec, ModelSource, StageSpec)
+  a = save_linear(str(root / "a"), seed=1)
+  b = save_two_input(str(root / "b"), seed=2)
+  return CascadeSpec(
+      (FeatureSpec("id", "string"), FeatureSpec("pixels", "float32", (64,))),
+      (StageSpec("a", ModelSource("meta_graph", f"{a}/model.meta"), a, "a",
+                 {"input:0": "features.pixels"},
+                 {"logits": "logits:0", "confidence": "confidence:0"}),
+       StageSpec("b", ModelSource("meta_graph", f"{b}/model.meta"), b, "b",
+                 {"input:0": "a.logits", "pixels:0": "features.pixels"},
+                 {"probs": "probs:0"}, run_if=run_if)),
+      passthrough=tuple(passthrough))
